@@ -1,0 +1,53 @@
+"""Which step a metric point is recorded at: the epoch for epoch-level metrics, else the global step.
+
+Each key keeps the axis it was first recorded on for its whole history.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+StepAxis = Literal["epoch", "global_step"]
+EPOCH_KEY = "epoch"
+
+
+class StepAxes:
+    """Chooses a step per metric point and remembers each key's axis.
+
+    ``step_axis="epoch"``: a metric logged at an epoch end (validation/test metrics, ``on_epoch=True``)
+    is recorded at step = epoch, provided its stage gives at most one point an epoch; everything else at
+    the step Lightning passes (the global step in training). ``step_axis="global_step"``: Lightning's
+    behaviour, every point at the step Lightning passes.
+    """
+
+    def __init__(self, step_axis: StepAxis = "epoch") -> None:
+        if step_axis not in ("epoch", "global_step"):
+            raise ValueError(f"step_axis must be 'epoch' or 'global_step', got {step_axis!r}")
+        self.step_axis: StepAxis = step_axis
+        self._axis: dict[str, StepAxis] = {}
+        self._last_epoch_point: tuple[int, float] | None = None
+
+    @property
+    def epoch_keys(self) -> list[str]:
+        """Keys recorded at step = epoch, in the order they first appeared."""
+        return [key for key, axis in self._axis.items() if axis == "epoch"]
+
+    def axis_of(self, key: str) -> StepAxis | None:
+        return self._axis.get(key)
+
+    def step_for(self, key: str, *, epoch_level: bool, epoch: int | None, step: int) -> int:
+        axis = self._axis.get(key)
+        if axis is None:
+            axis = "epoch" if epoch_level and epoch is not None and self.step_axis == "epoch" else "global_step"
+            self._axis[key] = axis
+        if axis == "epoch" and epoch is not None:
+            return epoch
+        return step
+
+    def keep_epoch_point(self, value: float, step: int) -> bool:
+        """The ``epoch`` metric arrives with both the step-level and the epoch-level call: store it once."""
+        point = (step, value)
+        if point == self._last_epoch_point:
+            return False
+        self._last_epoch_point = point
+        return True

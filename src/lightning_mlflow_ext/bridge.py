@@ -1,0 +1,87 @@
+"""The bridge: a stateless callback that hands an ``MLflowLogger`` what only the Trainer knows.
+
+Registered for every Trainer through Lightning's ``lightning.pytorch.callbacks_factory`` entry point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from lightning_mlflow_ext.logger import MLflowLogger
+
+
+def _mlflow_loggers(trainer: pl.Trainer) -> list[MLflowLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, MLflowLogger)]
+
+
+def validates_once_per_epoch(trainer: pl.Trainer) -> bool:
+    """True when a fit validates at most once an epoch, so step = epoch gives each point its own step."""
+    if trainer.check_val_every_n_epoch is None:
+        return False  # validation every N batches, across epoch boundaries
+    every = trainer.val_check_batch
+    batches = trainer.num_training_batches
+    if every is None or isinstance(batches, float) and math.isinf(batches):
+        return True
+    return every >= batches
+
+
+class MLflowTrainerBridge(Callback):
+    """Tells each ``MLflowLogger`` of the Trainer which trainer it serves, when an epoch ends, and why a
+    stage stopped. It holds no state and does nothing for a Trainer without an ``MLflowLogger``.
+
+    Callbacks run their ``setup`` before ``ModelCheckpoint`` (which Lightning moves to the end), and their
+    ``on_*_epoch_end`` hooks before Lightning sends the epoch-level metrics to the loggers.
+    """
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in _mlflow_loggers(trainer):
+            logger._bind_trainer(trainer)
+
+    def _mark(self, trainer: pl.Trainer, at_epoch_end: bool, epoch_axis_allowed: bool = True) -> None:
+        for logger in _mlflow_loggers(trainer):
+            logger._set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(trainer, False)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._mark(trainer, False)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(trainer, True)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(trainer, False)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        in_fit = trainer.state.fn == "fit"
+        self._mark(trainer, True, epoch_axis_allowed=not in_fit or validates_once_per_epoch(trainer))
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(trainer, False)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(trainer, True)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        for logger in _mlflow_loggers(trainer):
+            logger._note_exception(exception)
+
+
+def callbacks_factory() -> list[Callback]:
+    """Entry point of ``lightning.pytorch.callbacks_factory``: the bridge, for every Trainer."""
+    return [MLflowTrainerBridge()]

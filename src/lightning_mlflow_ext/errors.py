@@ -1,0 +1,26 @@
+"""Errors a user of the logger can hit.
+
+Each message says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class LightningMLflowError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class RunNotFoundError(LightningMLflowError):
+    """The run named by ``run_id`` or ``MLFLOW_RUN_ID`` is not in the tracking store."""
+
+
+class DeletedRunError(LightningMLflowError):
+    """The run to attach to is in the trash."""
+
+
+class DeletedExperimentError(LightningMLflowError):
+    """An experiment with the requested name exists but is deleted."""
+
+
+class TrackingServerUnavailableError(LightningMLflowError):
+    """The tracking server did not answer within the wait the logger allows."""

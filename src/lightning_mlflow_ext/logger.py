@@ -1,0 +1,394 @@
+"""MLflowLogger: Lightning's ``Logger`` contract, recorded into one MLflow run.
+
+Metrics, hyperparameters and the run's lifecycle go through a ``RunSession``; nothing here calls MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from typing_extensions import override
+
+from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
+from lightning_mlflow_ext.keys import (
+    NameMapper,
+    render_hparams,
+    render_value,
+    strip_url_credentials,
+    truncate_value,
+)
+from lightning_mlflow_ext.session import TAG_PREFIX, FinalStatus, RunSession
+from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
+from lightning_mlflow_ext.writer import MetricPoint
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+PREFIX_SEPARATOR = "-"  # Lightning's LOGGER_JOIN_CHAR, so prefixed keys match its MLFlowLogger
+STEP_AXIS_TAG = TAG_PREFIX + "step_axis"
+EPOCH_AXIS_KEYS_TAG = TAG_PREFIX + "epoch_axis_keys"
+CHANGED_PARAMS_TAG = TAG_PREFIX + "changed_params"
+HPARAMS_ARTIFACT = "hparams.json"
+MAX_TAG_VALUE = 8000
+#: +-inf become the largest finite doubles: the sign survives every store (a server turns -inf into +max).
+FLOAT_MAX = sys.float_info.max
+
+
+class MLflowLogger(Logger):
+    """Records a Lightning training into one MLflow run.
+
+    Example::
+
+        from lightning import Trainer
+        from lightning_mlflow_ext import MLflowLogger
+
+        logger = MLflowLogger(experiment_name="cifar", run_name="resnet18-lr3e-4")
+        trainer = Trainer(logger=logger, max_epochs=3)
+        trainer.fit(model, datamodule)
+        print(logger.run_id)
+
+    Takes the arguments of Lightning's ``MLFlowLogger``, so migrating is an import change.
+
+    Args:
+        experiment_name: experiment of a new run; default ``MLFLOW_EXPERIMENT_NAME``, else ``"lightning_logs"``.
+        run_name: name of the run; applied to an existing run too when attaching.
+        tracking_uri: where to track; default MLflow's own choice (``mlflow.set_tracking_uri``,
+            ``MLFLOW_TRACKING_URI``, else the embedded SQLite store ``./mlflow.db``), resolved now.
+        tags: tags set on the run (values rendered as text, secret-looking values redacted).
+        save_dir: local folder for this logger's files (checkpoints go to ``save_dir/name/version``);
+            default the folder of a ``file:`` store, else the working directory.
+        log_model: Lightning's checkpoint modes ``False | True | "all"``.
+        prefix: put in front of every metric key, joined with ``-``.
+        artifact_location: artifact root of a newly created experiment.
+        run_id: log into this existing run. An unknown id is an error, never a new run.
+        synchronous: ``True`` sends every write before returning (debugging); default: in the background.
+        parent_run_id: create the run nested under this run.
+        step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
+        server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
+
+    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> a new
+    run. The logger ends only runs it created (or reopened after they had ended): FINISHED on success,
+    FAILED on an exception, KILLED on Ctrl-C. A run found RUNNING (a ``with mlflow.start_run()`` block, a
+    pipeline step) is left open for its owner.
+    """
+
+    def __init__(
+        self,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        save_dir: str | os.PathLike[str] | None = None,
+        log_model: bool | Literal["all"] = False,
+        prefix: str = "",
+        artifact_location: str | None = None,
+        run_id: str | None = None,
+        synchronous: bool | None = None,
+        *,
+        parent_run_id: str | None = None,
+        step_axis: StepAxis = "epoch",
+        server_wait: float = 30.0,
+    ) -> None:
+        super().__init__()
+        if log_model not in (True, False, "all"):
+            raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
+        uri = resolve_tracking_uri(tracking_uri)
+        self._tag_names = NameMapper()
+        run_tags = {
+            self._tag_names.map(str(key)): truncate_value(strip_url_credentials(render_value(value)), MAX_TAG_VALUE)[0]
+            for key, value in (tags or {}).items()
+        }
+        self._session = RunSession(
+            uri,
+            experiment_name=experiment_name,
+            run_name=run_name,
+            run_id=run_id,
+            parent_run_id=parent_run_id,
+            tags=run_tags,
+            artifact_location=artifact_location,
+            synchronous=bool(synchronous),
+            server_wait=server_wait,
+        )
+        self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or os.getcwd())
+        self._log_model = log_model
+        self._prefix = prefix
+        self._axes = StepAxes(step_axis)
+        self._metric_names = NameMapper()
+        self._param_names = NameMapper()
+        self._warned: set[str] = set()
+        self._checkpoint_callbacks: dict[int, ModelCheckpoint] = {}
+        self._trainer: pl.Trainer | None = None
+        self._at_epoch_end = False
+        self._epoch_axis_allowed = True
+        self._interrupted = False
+        self._axis_tags_sent: tuple[str, ...] | None = None
+        self._auto_steps: dict[str, int] = {}
+        self._changed_params: dict[str, str] = {}
+
+    # ---- identity -------------------------------------------------------------------------
+
+    @property
+    @override
+    @rank_zero_experiment
+    def experiment(self) -> MlflowClient:
+        """The ``MlflowClient`` of this logger's tracking store. Touching it does not create the run."""
+        return self._session.client
+
+    @property
+    @override
+    def name(self) -> str:
+        """The name of the run's experiment."""
+        return self._session.experiment_name
+
+    @property
+    @override
+    def version(self) -> str:
+        """The run id."""
+        return self._session.run_id
+
+    @property
+    def run_id(self) -> str:
+        return self._session.run_id
+
+    @property
+    def experiment_id(self) -> str:
+        return self._session.experiment_id
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._session.tracking_uri
+
+    @property
+    @override
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    @override
+    def root_dir(self) -> str:
+        return os.path.join(self._save_dir, self.name)
+
+    @property
+    @override
+    def log_dir(self) -> str:
+        """``save_dir/<experiment name>/<run id>``, the folder Lightning's ModelCheckpoint also uses; created."""
+        path = os.path.join(self._save_dir, self.name, self.version)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @property
+    def owns_run(self) -> bool:
+        """True when this logger ends the run (it created it, or reopened a run that had ended)."""
+        return self._session.owns_run
+
+    @property
+    def step_axis(self) -> StepAxis:
+        return self._axes.step_axis
+
+    # ---- metrics ----------------------------------------------------------------------------
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        timestamp = int(time.time() * 1000)
+        epoch_level = self._at_epoch_end and self._epoch_axis_allowed
+        trainer = self._trainer
+        epoch = trainer.current_epoch if trainer is not None else None
+        if trainer is None and step is not None:
+            self._warn_once(
+                "no-bridge",
+                "MLflowLogger got no Trainer state: Lightning did not load this package's callbacks_factory "
+                "entry point (is lightning-mlflow-ext pip-installed?). Epoch-level metrics fall back to the "
+                "global step; add lightning_mlflow_ext.bridge.MLflowTrainerBridge() to the Trainer's callbacks.",
+            )
+        points: list[MetricPoint] = []
+        for key, raw in metrics.items():
+            value = self._metric_value(key, raw)
+            if value is None:
+                continue
+            if self._prefix:
+                key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"
+            name = self._metric_names.map(key)
+            if name != key:
+                self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
+            point_step = self._step(name, step)
+            if name == EPOCH_KEY:
+                if not self._axes.keep_epoch_point(value, point_step):
+                    continue
+            else:
+                point_step = self._axes.step_for(name, epoch_level=epoch_level, epoch=epoch, step=point_step)
+            points.append((name, value, timestamp, point_step))
+        if points:
+            self._session.log_metrics(points)
+
+    def _step(self, key: str, step: int | None) -> int:
+        if step is not None:
+            return int(step)
+        # step=None is not step 0: the trainer's global step, else one past this key's last point.
+        if self._trainer is not None:
+            return int(self._trainer.global_step)
+        nxt = self._auto_steps.get(key, 0)
+        self._auto_steps[key] = nxt + 1
+        return nxt
+
+    def _metric_value(self, key: str, raw: Any) -> float | None:
+        value = raw
+        if hasattr(value, "item") and callable(value.item):
+            try:
+                value = value.item()
+            except (ValueError, RuntimeError):  # a tensor or array with several elements
+                pass
+        if isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, (int, float)):
+            self._warn_once(
+                f"type:{key}",
+                f"Metric {key!r} has a non-numeric value of type {type(raw).__name__}; it is not logged.",
+            )
+            return None
+        value = float(value)
+        if math.isinf(value):
+            self._warn_once(
+                f"inf:{key}",
+                f"Metric {key!r} is {value}; it is recorded as {'-' if value < 0 else ''}{FLOAT_MAX:.4g} "
+                "(the largest finite value), which every MLflow store keeps with its sign.",
+            )
+            return math.copysign(FLOAT_MAX, value)
+        return value
+
+    # ---- hyperparameters ----------------------------------------------------------------------
+
+    @override
+    @rank_zero_only
+    def log_hyperparams(self, params: Mapping[str, Any] | Namespace | Any, *args: Any, **kwargs: Any) -> None:
+        rendered = render_hparams(params)
+        if not rendered:
+            return
+        logged = self._session.logged_params()
+        new: dict[str, str] = {}
+        changed: dict[str, str] = {}
+        truncated: list[str] = []
+        for key, text in rendered.items():
+            name = self._param_names.map(key)
+            value, cut = truncate_value(text, note=f", full value in {HPARAMS_ARTIFACT}")
+            if cut:
+                truncated.append(name)
+            if name not in logged:
+                new[name] = value
+            elif logged[name] != value:
+                changed[name] = value
+        self._session.log_params(new)
+        if changed:
+            self._record_changed_params(changed)
+        if truncated:
+            self._warn_once(
+                "truncated:" + ",".join(truncated),
+                f"Hyperparameters {truncated} are longer than MLflow's 6000-character limit; the params hold "
+                f"their start and the full values are in the artifact {HPARAMS_ARTIFACT}.",
+            )
+            self._session.log_text(json.dumps(rendered, indent=2, sort_keys=True), HPARAMS_ARTIFACT)
+
+    def _record_changed_params(self, changed: dict[str, str]) -> None:
+        # MLflow params are write-once. The first value stays; the new ones are kept in a tag, and the fit goes on.
+        self._changed_params.update(changed)
+        text = json.dumps(self._changed_params, sort_keys=True)
+        self._session.set_tags({CHANGED_PARAMS_TAG: truncate_value(text, MAX_TAG_VALUE)[0]})
+        self._warn_once(
+            "changed:" + ",".join(sorted(changed)),
+            f"Hyperparameters {sorted(changed)} differ from the values this run already holds; MLflow keeps the "
+            f"first value of a param, so the new values are recorded in the tag {CHANGED_PARAMS_TAG!r}.",
+        )
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    @override
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+
+    @override
+    def save(self) -> None:
+        # Lightning calls this after every log_metrics call; the writer sends in the background.
+        pass
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every queued write was sent; return how many could not be delivered."""
+        return self._session.flush(timeout).undelivered
+
+    @override
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if not self._session.resolved:
+            return
+        self._send_axis_tags()
+        final: FinalStatus
+        if status in ("success", "finished"):
+            final = "FINISHED"
+        elif self._interrupted:
+            final = "KILLED"
+        else:
+            final = "FAILED"
+        report = self._session.end(final)
+        if report.undelivered:
+            log.warning(
+                "%d writes to MLflow run %s could not be delivered: %s",
+                report.undelivered,
+                self._session.run_id,
+                "; ".join(report.errors[:3]),
+            )
+        self._interrupted = False
+
+    def _send_axis_tags(self) -> None:
+        keys = tuple(self._axes.epoch_keys)
+        if keys == self._axis_tags_sent:
+            return
+        self._axis_tags_sent = keys
+        tags = {STEP_AXIS_TAG: self._axes.step_axis}
+        if keys:
+            tags[EPOCH_AXIS_KEYS_TAG] = truncate_value(",".join(keys), MAX_TAG_VALUE)[0]
+        self._session.set_tags(tags)
+
+    # ---- called by the bridge callback (lightning_mlflow_ext.bridge) ----------------------------
+
+    def _bind_trainer(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
+        self._at_epoch_end = False
+        if trainer.world_size > 1:
+            run_id = self._session.run_id if trainer.global_rank == 0 else None
+            self._session.adopt_run_id(trainer.strategy.broadcast(run_id, src=0))
+        if trainer.global_rank == 0:
+            self._session.ensure_running()
+            self._send_axis_tags()
+
+    def _set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
+        self._at_epoch_end = at_epoch_end
+        self._epoch_axis_allowed = epoch_axis_allowed
+
+    def _note_exception(self, exception: BaseException) -> None:
+        self._interrupted = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException"
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _warn_once(self, cause: str, message: str) -> None:
+        if cause not in self._warned:
+            self._warned.add(cause)
+            log.warning(message)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_trainer"] = None  # the trainer holds this logger; it binds again at setup
+        state["_checkpoint_callbacks"] = {}
+        return state

@@ -1,0 +1,331 @@
+"""RunSession: finds, attaches to or creates the one MLflow run a training writes into.
+
+It owns the run's lifecycle (RUNNING while work is logged, a final status on every exit path).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Literal
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from lightning_mlflow_ext.errors import DeletedExperimentError, DeletedRunError, RunNotFoundError
+from lightning_mlflow_ext.tracking import probe_server
+from lightning_mlflow_ext.writer import DeliveryReport, MetricPoint, RunWriter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT_NAME = "lightning_logs"
+TAG_PREFIX = "lightning_mlflow_ext."
+#: Set on runs this package created, so another process can tell who ends the run.
+OWNER_TAG = TAG_PREFIX + "owner"
+
+FinalStatus = Literal["FINISHED", "FAILED", "KILLED"]
+Origin = Literal["created", "run_id", "active_run", "env_run_id"]
+
+
+class RunSession:
+    """The run one logger writes into, resolved on first use.
+
+    Resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` ->
+    a new run in ``experiment_name`` -> ``MLFLOW_EXPERIMENT_NAME`` -> ``"lightning_logs"``.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        artifact_location: str | None = None,
+        synchronous: bool = False,
+        server_wait: float = 30.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self._experiment_name = experiment_name
+        self._run_name = run_name
+        self._requested_run_id = run_id
+        self._parent_run_id = parent_run_id
+        self._tags = dict(tags or {})
+        self._artifact_location = artifact_location
+        self._synchronous = synchronous
+        self._server_wait = server_wait
+        self._client: MlflowClient | None = None
+        self._writer: RunWriter | None = None
+        self._run_id: str | None = None
+        self._experiment_id: str | None = None
+        self._resolved_experiment_name: str | None = None
+        self._origin: Origin | None = None
+        self._owns_run = False
+        self._running = False
+        self._lock = threading.RLock()
+        self._logged_params: dict[str, str] | None = None
+
+    # ---- identity ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def resolved(self) -> bool:
+        return self._run_id is not None
+
+    @property
+    def run_id(self) -> str:
+        if self._run_id is None:
+            self._resolve()
+        assert self._run_id is not None
+        return self._run_id
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._resolve()
+        assert self._experiment_id is not None
+        return self._experiment_id
+
+    @property
+    def experiment_name(self) -> str:
+        if self._resolved_experiment_name is None:
+            self._resolve()
+        assert self._resolved_experiment_name is not None
+        return self._resolved_experiment_name
+
+    @property
+    def owns_run(self) -> bool:
+        """True when this session ends the run: it created it, or reopened a run that had ended."""
+        return self._owns_run
+
+    @property
+    def origin(self) -> Origin | None:
+        return self._origin
+
+    def adopt_run_id(self, run_id: str) -> None:
+        """Use a run another process resolved (DDP ranks other than 0); never creates or ends it."""
+        with self._lock:
+            if self._run_id is None:
+                self._run_id = run_id
+
+    # ---- resolution -------------------------------------------------------------------------
+
+    def _resolve(self) -> None:
+        with self._lock:
+            if self._run_id is not None:
+                return
+            probe_server(self.tracking_uri, self._server_wait)
+            run, origin = self._find_run()
+            if run is None:
+                run = self._create_run()
+                origin = "created"
+            assert origin is not None
+            self._origin = origin
+            self._run_id = run.info.run_id
+            self._experiment_id = run.info.experiment_id
+            self._resolved_experiment_name = self._experiment_name_of(run.info.experiment_id)
+            if origin == "created":
+                self._owns_run = True
+                self._running = True
+            else:
+                self._attach(run)
+            _live_sessions.add(self)
+
+    def _find_run(self) -> tuple[Run | None, Origin | None]:
+        if self._requested_run_id:
+            return self._get_existing_run(self._requested_run_id, "run_id"), "run_id"
+        active = mlflow.active_run()
+        if active is not None:
+            try:
+                return self.client.get_run(active.info.run_id), "active_run"
+            except MlflowException as exc:
+                if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                    raise
+                log.warning(
+                    "An MLflow run (%s) is active, but it is not in this logger's tracking store %s; "
+                    "starting a separate run. Pass tracking_uri=mlflow.get_tracking_uri() to log into it.",
+                    active.info.run_id,
+                    self.tracking_uri,
+                )
+        env_run_id = os.environ.get("MLFLOW_RUN_ID")
+        if env_run_id:
+            return self._get_existing_run(env_run_id, "MLFLOW_RUN_ID"), "env_run_id"
+        return None, None
+
+    def _get_existing_run(self, run_id: str, source: str) -> Run:
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise RunNotFoundError(
+                    f"No MLflow run with id {run_id!r} (from {source}) in the tracking store {self.tracking_uri}. "
+                    f"Check {source} and the tracking URI, or leave {source} unset to start a new run."
+                ) from exc
+            raise
+        if run.info.lifecycle_stage == "deleted":
+            raise DeletedRunError(
+                f"MLflow run {run_id!r} (from {source}) is deleted. Restore it with "
+                f"`mlflow runs restore --run-id {run_id}` (MLFLOW_TRACKING_URI={self.tracking_uri}), "
+                f"or leave {source} unset to start a new run."
+            )
+        return run
+
+    def _experiment_name_of(self, experiment_id: str) -> str:
+        return str(self.client.get_experiment(experiment_id).name)
+
+    def _experiment_id_for_new_run(self) -> str:
+        name = self._experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        if not name and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            return os.environ["MLFLOW_EXPERIMENT_ID"]
+        name = name or DEFAULT_EXPERIMENT_NAME
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=self._artifact_location)
+            except MlflowException as exc:
+                # Another process (a DDP rank, a parallel job) created it first.
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment = self.client.get_experiment_by_name(name)
+                assert experiment is not None
+        if experiment.lifecycle_stage == "deleted":
+            raise DeletedExperimentError(
+                f"The MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted, and a deleted "
+                f"experiment's name cannot be reused. Restore it with `mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}`, delete it for good with `mlflow gc "
+                f"--experiment-ids {experiment.experiment_id}` (MLFLOW_TRACKING_URI={self.tracking_uri}), "
+                f"or choose another experiment_name."
+            )
+        return str(experiment.experiment_id)
+
+    def _create_run(self) -> Run:
+        experiment_id = self._experiment_id_for_new_run()
+        tags = dict(self._tags)
+        tags[OWNER_TAG] = "lightning-mlflow-ext"
+        if self._parent_run_id:
+            self._get_existing_run(self._parent_run_id, "parent_run_id")
+            tags[MLFLOW_PARENT_RUN_ID] = self._parent_run_id
+        return self.client.create_run(experiment_id, run_name=self._run_name, tags=resolve_tags(tags))
+
+    def _attach(self, run: Run) -> None:
+        """Apply tags and name to a run found elsewhere; reopen it if it had ended."""
+        status = run.info.status
+        if self._origin == "active_run" or status == RunStatus.to_string(RunStatus.RUNNING):
+            # Someone else keeps this run open (a `with mlflow.start_run()`, a pipeline): leave it as found.
+            self._owns_run = False
+            self._running = True
+        else:
+            # A finished run being continued: it is RUNNING while we log, then gets its final status back.
+            self._owns_run = True
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            self._running = True
+        tags = dict(self._tags)
+        if self._run_name:
+            tags[MLFLOW_RUN_NAME] = self._run_name
+        if self._parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = self._parent_run_id
+        self.set_tags(tags)
+
+    # ---- writes -----------------------------------------------------------------------------
+
+    @property
+    def writer(self) -> RunWriter:
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = RunWriter(self.client, self.run_id, synchronous=self._synchronous)
+        return self._writer
+
+    def ensure_running(self) -> None:
+        """Mark an owned run RUNNING again before new work lands in it (``fit`` then ``test``)."""
+        if self._running:
+            return
+        with self._lock:
+            if not self._running and self._owns_run:
+                self.client.update_run(self.run_id, status="RUNNING")
+            self._running = True
+
+    def log_metrics(self, points: list[MetricPoint]) -> None:
+        if not self._running:
+            self.ensure_running()
+        self.writer.log_metrics(points)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if tags:
+            self.ensure_running()
+            self.writer.set_tags([RunTag(key, value) for key, value in tags.items()])
+
+    def logged_params(self) -> dict[str, str]:
+        """Params the run already holds (read once, then kept up to date locally)."""
+        if self._logged_params is None:
+            self._logged_params = dict(self.client.get_run(self.run_id).data.params)
+        return self._logged_params
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        if params:
+            self.ensure_running()
+            self.logged_params().update(params)
+            self.writer.log_params([Param(key, value) for key, value in params.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.ensure_running()
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def flush(self, timeout: float | None = None) -> DeliveryReport:
+        if self._writer is None:
+            return DeliveryReport()
+        return self._writer.flush(timeout)
+
+    def end(self, status: FinalStatus, timeout: float | None = None) -> DeliveryReport:
+        """Deliver what is queued; give an owned run its final status. A borrowed run stays open."""
+        report = self.flush(timeout)
+        with self._lock:
+            if self._run_id is not None and self._running and self._owns_run:
+                self.client.set_terminated(self._run_id, status=status, end_time=int(time.time() * 1000))
+            self._running = False
+        return report
+
+    # ---- pickling (a Trainer holding the logger can be pickled, ddp_spawn) -------------------
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_writer"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+
+_live_sessions: weakref.WeakSet[RunSession] = weakref.WeakSet()
+
+
+@atexit.register
+def _end_runs_left_open() -> None:
+    """No run this package opened stays RUNNING after the interpreter exits."""
+    for session in list(_live_sessions):
+        try:
+            session.end("FINISHED", timeout=30)
+        except Exception as exc:  # at exit, report and carry on with the next run
+            log.warning("Could not end MLflow run %s at exit: %s", session._run_id, exc)
+
+
