@@ -25,7 +25,7 @@ class StepAxes:
             raise ValueError(f"step_axis must be 'epoch' or 'global_step', got {step_axis!r}")
         self.step_axis: StepAxis = step_axis
         self._axis: dict[str, StepAxis] = {}
-        self._last_epoch_point: tuple[int, float] | None = None
+        self._last_epoch_step: int | None = None
 
     @property
     def epoch_keys(self) -> list[str]:
@@ -44,10 +44,9 @@ class StepAxes:
             return epoch
         return step
 
-    def keep_epoch_point(self, value: float, step: int) -> bool:
-        """The ``epoch`` metric arrives with both the step-level and the epoch-level call: store it once."""
-        point = (step, value)
-        if point == self._last_epoch_point:
+    def keep_epoch_point(self, step: int) -> bool:
+        """Lightning adds ``epoch`` to every logging call, step- and epoch-level: keep one point a step."""
+        if self._last_epoch_step is not None and step <= self._last_epoch_step:
             return False
-        self._last_epoch_point = point
+        self._last_epoch_step = step
         return True

@@ -25,7 +25,7 @@ def validates_once_per_epoch(trainer: pl.Trainer) -> bool:
         return False  # validation every N batches, across epoch boundaries
     every = trainer.val_check_batch
     batches = trainer.num_training_batches
-    if every is None or isinstance(batches, float) and math.isinf(batches):
+    if every is None or (isinstance(batches, float) and math.isinf(batches)):
         return True
     return every >= batches
 
@@ -52,7 +52,9 @@ class MLflowTrainerBridge(Callback):
         self._mark(trainer, False)
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._mark(trainer, False)
 
     @override

@@ -5,6 +5,7 @@ Metrics, hyperparameters and the run's lifecycle go through a ``RunSession``; no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,8 +16,9 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers.logger import Logger
 from typing_extensions import override
 
 from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
@@ -142,7 +144,6 @@ class MLflowLogger(Logger):
     # ---- identity -------------------------------------------------------------------------
 
     @property
-    @override
     @rank_zero_experiment
     def experiment(self) -> MlflowClient:
         """The ``MlflowClient`` of this logger's tracking store. Touching it does not create the run."""
@@ -227,7 +228,7 @@ class MLflowLogger(Logger):
                 self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
             point_step = self._step(name, step)
             if name == EPOCH_KEY:
-                if not self._axes.keep_epoch_point(value, point_step):
+                if not self._axes.keep_epoch_point(point_step):
                     continue
             else:
                 point_step = self._axes.step_for(name, epoch_level=epoch_level, epoch=epoch, step=point_step)
@@ -248,10 +249,8 @@ class MLflowLogger(Logger):
     def _metric_value(self, key: str, raw: Any) -> float | None:
         value = raw
         if hasattr(value, "item") and callable(value.item):
-            try:
+            with contextlib.suppress(ValueError, RuntimeError):  # a tensor or array with several elements
                 value = value.item()
-            except (ValueError, RuntimeError):  # a tensor or array with several elements
-                pass
         if isinstance(value, bool):
             return float(value)
         if not isinstance(value, (int, float)):
@@ -356,7 +355,7 @@ class MLflowLogger(Logger):
         if keys == self._axis_tags_sent:
             return
         self._axis_tags_sent = keys
-        tags = {STEP_AXIS_TAG: self._axes.step_axis}
+        tags: dict[str, str] = {STEP_AXIS_TAG: self._axes.step_axis}
         if keys:
             tags[EPOCH_AXIS_KEYS_TAG] = truncate_value(",".join(keys), MAX_TAG_VALUE)[0]
         self._session.set_tags(tags)
@@ -368,7 +367,7 @@ class MLflowLogger(Logger):
         self._at_epoch_end = False
         if trainer.world_size > 1:
             run_id = self._session.run_id if trainer.global_rank == 0 else None
-            self._session.adopt_run_id(trainer.strategy.broadcast(run_id, src=0))
+            self._session.adopt_run_id(str(trainer.strategy.broadcast(run_id, src=0)))
         if trainer.global_rank == 0:
             self._session.ensure_running()
             self._send_axis_tags()

@@ -248,18 +248,20 @@ class RunSession:
     @property
     def writer(self) -> RunWriter:
         if self._writer is None:
+            run_id = self.run_id  # resolving first: attaching to a run queues writes of its own
             with self._lock:
                 if self._writer is None:
-                    self._writer = RunWriter(self.client, self.run_id, synchronous=self._synchronous)
+                    self._writer = RunWriter(self.client, run_id, synchronous=self._synchronous)
         return self._writer
 
     def ensure_running(self) -> None:
         """Mark an owned run RUNNING again before new work lands in it (``fit`` then ``test``)."""
         if self._running:
             return
+        run_id = self.run_id  # resolving marks a created or attached run as running
         with self._lock:
             if not self._running and self._owns_run:
-                self.client.update_run(self.run_id, status="RUNNING")
+                self.client.update_run(run_id, status="RUNNING")
             self._running = True
 
     def log_metrics(self, points: list[MetricPoint]) -> None:
@@ -327,5 +329,3 @@ def _end_runs_left_open() -> None:
             session.end("FINISHED", timeout=30)
         except Exception as exc:  # at exit, report and carry on with the next run
             log.warning("Could not end MLflow run %s at exit: %s", session._run_id, exc)
-
-

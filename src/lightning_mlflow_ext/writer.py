@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class RunWriter:
 
     def _submit(self, work: _Work, size: int) -> None:
         if self._synchronous:
-            self._send([work])
+            self._send_units([work])
             return
         self._queue.append(work)
         self._enqueued += 1
@@ -139,37 +138,40 @@ class RunWriter:
             while self._queue:
                 units.append(self._queue.popleft())
             self._queued_points = 0
-            self._send(units)
+            self._send_units(units)
             with self._cond:
                 self._done += len(units)
                 self._cond.notify_all()
 
-    def _send(self, units: Iterable[_Work]) -> None:
+    def _send_units(self, units: Iterable[_Work]) -> None:
         metrics: list[Metric] = []
         for unit in units:
             # Params and tags go in requests of their own: log_batch writes params first, and one
             # rejected param would otherwise sink every metric in the request.
-            if unit.params:
-                self._send_chunks("params", unit.params, MAX_PARAMS_TAGS_PER_BATCH)
-            if unit.tags:
-                self._send_chunks("tags", unit.tags, MAX_PARAMS_TAGS_PER_BATCH)
+            for start in range(0, len(unit.params), MAX_PARAMS_TAGS_PER_BATCH):
+                self._send("params", params=unit.params[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+            for start in range(0, len(unit.tags), MAX_PARAMS_TAGS_PER_BATCH):
+                self._send("tags", tags=unit.tags[start : start + MAX_PARAMS_TAGS_PER_BATCH])
             metrics.extend(Metric(key, value, ts, step) for key, value, ts, step in unit.metrics)
-        if metrics:
-            self._send_chunks("metrics", metrics, MAX_METRICS_PER_BATCH)
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self._send("metrics", metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
 
-    def _send_chunks(self, kind: str, items: Sequence[Metric | Param | RunTag], size: int) -> None:
-        for start in range(0, len(items), size):
-            chunk = items[start : start + size]
-            try:
-                self._client.log_batch(self._run_id, **{kind: list(chunk)}, synchronous=True)
-            except MlflowException as exc:
-                self._record_failure(kind, chunk, exc)
-            except Exception as exc:  # the worker must outlive a broken connection
-                self._record_failure(kind, chunk, exc)
+    def _send(
+        self,
+        kind: str,
+        *,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+    ) -> None:
+        try:
+            self._client.log_batch(self._run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
+        except Exception as exc:  # the worker must outlive a refused batch or a broken connection
+            self._record_failure(kind, len(metrics) + len(params) + len(tags), exc)
 
-    def _record_failure(self, kind: str, chunk: Sequence[Metric | Param | RunTag], exc: Exception) -> None:
-        self._report.undelivered += len(chunk)
-        message = f"MLflow refused {len(chunk)} {kind} for run {self._run_id}: {exc}"
+    def _record_failure(self, kind: str, count: int, exc: Exception) -> None:
+        self._report.undelivered += count
+        message = f"MLflow refused {count} {kind} for run {self._run_id}: {exc}"
         self._report.errors.append(message)
         cause = f"{kind}:{type(exc).__name__}:{str(exc)[:200]}"
         if cause not in self._reported_errors:

@@ -1,0 +1,536 @@
+"""MLflow names and values: sanitizing metric/param/tag keys, flattening and rendering hyperparameters,
+redacting secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import itertools
+import posixpath
+import re
+import sys
+import threading
+import types
+from argparse import Namespace
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+__all__ = [
+    "MAX_ENTITY_KEY_LENGTH",
+    "MAX_PARAM_VAL_LENGTH",
+    "MAX_TAG_VAL_LENGTH",
+    "REDACTED",
+    "NameMapper",
+    "flatten_hparams",
+    "is_secret_key",
+    "is_valid_name",
+    "redact_secrets",
+    "render_hparams",
+    "render_value",
+    "strip_url_credentials",
+    "truncate_value",
+]
+
+REDACTED = "[redacted]"
+
+# The POSIX variant of MLflow's rule; the Windows one only differs by refusing ":", and the names we produce
+# are decided by the machine that logs, so we follow the platform the tracking servers run on.
+_VALID_NAME = re.compile(r"[/\w.\- :]*")
+_INVALID_CHAR = re.compile(r"[^/\w.\- :]")
+_SLASHES = re.compile(r"/{2,}")
+_HASH_CHARS = 8
+
+
+# ---- names ------------------------------------------------------------------------------------------
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether MLflow accepts ``name`` as a metric, param or tag key (its POSIX rule)."""
+    if not name or len(name) > MAX_ENTITY_KEY_LENGTH or "//" in name:
+        return False
+    if name.startswith("/") or name.endswith("/"):
+        return False
+    # fullmatch, not MLflow's `^...$` with re.match: `$` would let a trailing newline through.
+    if _VALID_NAME.fullmatch(name) is None:
+        return False
+    # MLflow's `path_not_unique`: file stores use names as paths, so a name must not resolve to another one.
+    norm = posixpath.normpath(name)
+    return norm == name and norm != "." and not norm.startswith("..")
+
+
+def _sanitize(key: str) -> str:
+    """A name that satisfies every rule of `is_valid_name` except the length limit."""
+    text = _INVALID_CHAR.sub("_", key)
+    text = _SLASHES.sub("/", text).strip("/")
+    # Dot segments are the only other thing normpath rewrites; same-length replacements keep it readable.
+    segments = ["_" if seg == "." else "__" if seg == ".." else seg for seg in text.split("/")]
+    text = "/".join(segments)
+    if text.startswith(".."):
+        # MLflow refuses any name starting with "..", not only the ".." segment (e.g. "..a" or "...").
+        text = "__" + text[2:]
+    return text or "_"
+
+
+def _short_hash(key: str, chars: int = _HASH_CHARS) -> str:
+    # sha1 rather than hash(): the name has to be the same in every process (hash() is salted per process),
+    # so a resumed run or another rank logs to the same series. It is a fingerprint, not a security measure.
+    data = key.encode("utf-8", "surrogatepass")
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()[:chars]
+
+
+def _with_suffix(body: str, suffix: str) -> str:
+    # Cutting the body cannot break validity: the suffix starts with "-", so the cut never leaves a trailing
+    # "/" or a bare "." / ".." segment, and the body has no "//" or leading ".." to begin with.
+    return body[: MAX_ENTITY_KEY_LENGTH - len(suffix)] + suffix
+
+
+class NameMapper:
+    """Maps user keys to valid MLflow names, stable for the life of the object.
+
+    Rules, applied to the first call for each key (later calls return the cached result):
+
+    * A key that is already a valid MLflow name maps to itself, unless that exact name was already handed
+      out to another key; then it gets the hash suffix described below. Users see their valid keys
+      unchanged in the common case, and the first key to claim a name keeps it.
+    * Any other key is sanitized: invalid characters become ``_``, ``//`` collapses to ``/``, leading and
+      trailing ``/`` are stripped, a ``.`` segment becomes ``_``, a ``..`` segment becomes ``__`` (as does
+      a leading ``..``), and an empty result becomes ``_``.
+    * If the sanitized name is longer than 250 characters or already belongs to another key, it becomes
+      ``<body>-<first 8 hex chars of sha1(original key)>``, the body cut so the whole fits in 250 characters.
+
+    Two different keys therefore never share a name, and because the suffix hashes the original key, the
+    mapping is the same in every process that sees the keys in the same order. Thread-safe: the cached
+    path is a plain dict lookup, the slow path holds a lock.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+        self._owners: dict[str, str] = {}  # name -> the key it was handed to
+        self._renamed: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def renamed(self) -> dict[str, str]:
+        """Original key -> new name, for every key that was changed (a snapshot copy)."""
+        with self._lock:
+            return dict(self._renamed)
+
+    def map(self, key: str) -> str:
+        """The MLflow name for ``key``."""
+        name = self._names.get(key)
+        if name is not None:
+            return name
+        with self._lock:
+            name = self._names.get(key)
+            if name is None:
+                name = self._choose(key)
+                self._names[key] = name
+                self._owners[name] = key
+                if name != key:
+                    self._renamed[key] = name
+            return name
+
+    # A logger holding a mapper is pickled for ddp_spawn and by Trainer pickling; the lock is not.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _choose(self, key: str) -> str:
+        if is_valid_name(key) and key not in self._owners:
+            return key
+        body = _sanitize(key)
+        if len(body) <= MAX_ENTITY_KEY_LENGTH and body not in self._owners:
+            return body
+        # Widen the fingerprint in the (practically impossible) case that a suffixed name is taken too,
+        # e.g. by a user key that literally looks like one; still deterministic for a given order of keys.
+        for chars in (_HASH_CHARS, 16, 40):
+            name = _with_suffix(body, "-" + _short_hash(key, chars))
+            if name not in self._owners:
+                return name
+        counter = 2
+        while True:
+            name = _with_suffix(body, f"-{_short_hash(key, 40)}-{counter}")
+            if name not in self._owners:
+                return name
+            counter += 1
+
+
+# ---- flattening ---------------------------------------------------------------------------------------
+
+
+def _omegaconf() -> Any | None:
+    # Looking in sys.modules instead of importing: if omegaconf was never imported, no object can be one of
+    # its configs, and importing it here would cost every user that does not use it.
+    return sys.modules.get("omegaconf")
+
+
+def _is_dictconfig(value: Any) -> bool:
+    oc = _omegaconf()
+    return oc is not None and isinstance(value, oc.DictConfig)
+
+
+def _is_listconfig(value: Any) -> bool:
+    oc = _omegaconf()
+    return oc is not None and isinstance(value, oc.ListConfig)
+
+
+def _resolution_errors() -> tuple[type[BaseException], ...]:
+    oc = _omegaconf()
+    assert oc is not None  # only called with an OmegaConf object in hand
+    # "???" values reached through an interpolation or direct access raise MissingMandatoryValue.
+    return (oc.errors.InterpolationResolutionError, oc.errors.MissingMandatoryValue)
+
+
+def _listconfig_to_list(cfg: Any) -> list[Any]:
+    oc = _omegaconf()
+    assert oc is not None
+    try:
+        result = oc.OmegaConf.to_container(cfg, resolve=True)
+    except _resolution_errors():
+        result = oc.OmegaConf.to_container(cfg, resolve=False)
+    return list(result)
+
+
+def _dictconfig_to_dict(cfg: Any) -> dict[Any, Any]:
+    oc = _omegaconf()
+    assert oc is not None
+    try:
+        result = oc.OmegaConf.to_container(cfg, resolve=True)
+        return dict(result) if result is not None else {}
+    except _resolution_errors():
+        pass
+    # One broken interpolation (a missing env var, an unregistered resolver) should not cost the resolved
+    # values of every other key, so fall back to resolve=False node by node rather than for the whole config.
+    raw = oc.OmegaConf.to_container(cfg, resolve=False)
+    if raw is None:
+        return {}
+    out: dict[Any, Any] = {}
+    for key, raw_value in raw.items():
+        try:
+            value = cfg[key]
+        except _resolution_errors():
+            out[key] = raw_value
+            continue
+        if isinstance(value, oc.DictConfig):
+            out[key] = _dictconfig_to_dict(value)
+        elif isinstance(value, oc.ListConfig):
+            out[key] = _listconfig_to_list(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _as_mapping(value: Any) -> Mapping[Any, Any] | None:
+    """The key/value view of a container that flattening descends into, or None for a plain value."""
+    # DictConfig is itself a Mapping, so it must be converted before the generic Mapping check.
+    if _is_dictconfig(value):
+        return _dictconfig_to_dict(value)
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, Namespace):
+        return vars(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Shallow on purpose: dataclasses.asdict deep-copies every value (tensors, modules) and recurses
+        # into lists, which flattening must leave as values.
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    return None
+
+
+def _flatten_into(out: dict[str, Any], prefix: str, params: Mapping[Any, Any], separator: str) -> None:
+    for raw_key, value in params.items():
+        key = f"{prefix}{separator}{raw_key}" if prefix else str(raw_key)
+        nested = _as_mapping(value)
+        if nested is not None:
+            _flatten_into(out, key, nested, separator)
+        elif _is_listconfig(value):
+            out[key] = _listconfig_to_list(value)
+        else:
+            # When a flat key and a nested path spell the same name, the later one wins, as in a dict update.
+            out[key] = value
+
+
+def flatten_hparams(params: Any, separator: str = "/") -> dict[str, Any]:
+    """Flatten nested hyperparameters into ``{"a/b": value}``.
+
+    Mappings (including Lightning's ``AttributeDict``), ``argparse.Namespace``, dataclass instances and
+    OmegaConf ``DictConfig`` are descended into; lists and tuples are values (a ``ListConfig`` becomes a
+    list). Keys are converted with ``str()``; an empty nested mapping produces no keys.
+    """
+    if params is None:
+        return {}
+    top = _as_mapping(params)
+    if top is None:
+        raise TypeError(
+            "flatten_hparams expects a mapping, an argparse.Namespace, a dataclass instance, an OmegaConf "
+            f"DictConfig or None; got {type(params).__module__}.{type(params).__qualname__}"
+        )
+    out: dict[str, Any] = {}
+    _flatten_into(out, "", top, separator)
+    return out
+
+
+# ---- rendering ----------------------------------------------------------------------------------------
+
+_ROUTINE_TYPES = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+)
+
+
+def _qualified_name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__qualname__
+    # Bound builtin methods such as `[].append` have no module; their qualname ("list.append") says enough.
+    return f"{module}.{qualname}" if isinstance(module, str) and module else str(qualname)
+
+
+def _class_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _render_sequence(items: Any, open_: str, close: str, active: set[int]) -> str:
+    return open_ + ", ".join(_render(item, active) for item in items) + close
+
+
+def _render_container(value: Any, active: set[int]) -> str | None:
+    """Render the containers whose parts are rendered recursively; None if ``value`` is not one."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_render(k, active)}: {_render(v, active)}" for k, v in value.items()) + "}"
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        # A namedtuple's field names are most of its meaning; its repr is stable, so keep that shape.
+        pairs = zip(value._fields, value, strict=True)
+        parts = ", ".join(f"{name}={_render(item, active)}" for name, item in pairs)
+        return f"{type(value).__qualname__}({parts})"
+    if isinstance(value, tuple):
+        # Python's one-tuple spelling, so "(1,)" is not mistaken for a parenthesized scalar.
+        if len(value) == 1:
+            return f"({_render(value[0], active)},)"
+        return _render_sequence(value, "(", ")", active)
+    if isinstance(value, list):
+        return _render_sequence(value, "[", "]", active)
+    if isinstance(value, (set, frozenset)):
+        if not value:
+            # "{}" would read as an empty dict.
+            return f"{type(value).__name__}()"
+        # Set iteration order depends on string hashing, which is salted per process; sorting makes it stable.
+        return "{" + ", ".join(sorted(_render(item, active) for item in value)) + "}"
+    if isinstance(value, Namespace):
+        return "Namespace(" + ", ".join(f"{k}={_render(v, active)}" for k, v in vars(value).items()) + ")"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Not repr(): a field holding a function or plain object would put a memory address in it. Fields
+        # declared repr=False stay out, as in the dataclass's own repr (often used to hide large values).
+        fields = [f for f in dataclasses.fields(value) if f.repr]
+        parts = ", ".join(f"{f.name}={_render(getattr(value, f.name), active)}" for f in fields)
+        return f"{type(value).__qualname__}({parts})"
+    return None
+
+
+def _render_array_like(value: Any, active: set[int]) -> str | None:
+    """numpy and torch values, recognized through sys.modules so neither gets imported here."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, (np.generic, np.ndarray)):
+        if isinstance(value, np.generic) or value.ndim == 0:
+            return _render(value.item(), active)
+        return _render(value.tolist(), active)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(value, (torch.dtype, torch.device)):
+            return str(value)
+        if isinstance(value, torch.Tensor):
+            try:
+                return _render(value.item() if value.dim() == 0 else value.tolist(), active)
+            except (RuntimeError, NotImplementedError, ValueError):
+                # Meta or otherwise data-less tensors; their repr describes them without an address.
+                return repr(value)
+    return None
+
+
+def _render(value: Any, active: set[int]) -> str:
+    # Order matters: Enum before str/int (StrEnum, IntEnum), bool before int, DictConfig before Mapping.
+    if value is None:
+        return "None"
+    if isinstance(value, enum.Enum):
+        if value.name is not None:
+            return f"{type(value).__name__}.{value.name}"
+        return repr(value)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        # int.__repr__ so int subclasses with a custom __str__ still render as the number.
+        return int.__repr__(value)
+    if isinstance(value, float):
+        # repr is the shortest text that round-trips; float() drops subclasses such as numpy.float64,
+        # whose repr in numpy 2 is "np.float64(0.1)".
+        return repr(float(value))
+    array_text = _render_array_like(value, active)
+    if array_text is not None:
+        return array_text
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, functools.partial):
+        args = [_render(arg, active) for arg in value.args]
+        args += [f"{k}={_render(v, active)}" for k, v in value.keywords.items()]
+        return f"functools.partial({', '.join([_render(value.func, active), *args])})"
+    if isinstance(value, (type, *_ROUTINE_TYPES)):
+        return _qualified_name(value)
+    if _is_dictconfig(value):
+        value = _dictconfig_to_dict(value)
+    elif _is_listconfig(value):
+        value = _listconfig_to_list(value)
+
+    if id(value) in active:
+        # A container that holds itself; Python's repr uses the same "..." placeholder.
+        return "..."
+    active.add(id(value))
+    try:
+        container_text = _render_container(value, active)
+    finally:
+        active.discard(id(value))
+    if container_text is not None:
+        return container_text
+
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{_class_name(value)}>"
+    if " at 0x" in text:
+        # A memory address differs on every run, which would make MLflow see a changed param on resume.
+        qualname = getattr(value, "__qualname__", None)
+        if callable(value) and isinstance(qualname, str):
+            # Function-likes outside the standard types (Cython functions, for one) still have a name.
+            return _qualified_name(value)
+        return f"<{_class_name(value)}>"
+    return text
+
+
+def render_value(value: Any) -> str:
+    """Render ``value`` as text that is the same in every process (never a memory address)."""
+    return _render(value, set())
+
+
+def render_hparams(params: Any) -> dict[str, str]:
+    """Flatten, render and redact hyperparameters, ready to be logged as MLflow params."""
+    flat = flatten_hparams(params)
+    rendered = {key: strip_url_credentials(render_value(value)) for key, value in flat.items()}
+    return redact_secrets(rendered)
+
+
+# ---- secrets ------------------------------------------------------------------------------------------
+
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "secrets",
+        "token",
+        "credential",
+        "credentials",
+        "apikey",
+        "passphrase",
+        "privatekey",
+    }
+)
+_SECRET_PAIRS = frozenset(
+    {
+        ("api", "key"),
+        ("access", "key"),
+        ("secret", "key"),
+        ("private", "key"),
+        ("auth", "token"),
+        ("client", "secret"),
+    }
+)
+# Every non-word character separates segments (":" and "@" as much as "/" or "-"), and so does "_".
+_SEPARATORS = re.compile(r"[\W_]+")
+# camelCase ("apiKey"), acronym then word ("HFToken"), and letter/digit ("password2") boundaries.
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
+
+
+def _segments(key: str) -> list[str]:
+    words: list[str] = []
+    for part in _SEPARATORS.split(key):
+        if part:
+            words.extend(word.lower() for word in _CAMEL_BOUNDARY.split(part) if word)
+    return words
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a hyperparameter key names a secret.
+
+    The key is split into segments on every non-alphanumeric character, on ``_``, on camelCase and on
+    letter/digit boundaries, then lowercased. It is secret when a segment is one of the secret words
+    (``password``, ``token``, ``apikey``, ...) or two consecutive segments form a pair such as
+    ``api key`` or ``access key``. Whole segments only, so ``tokenizer``, ``max_tokens`` and ``secretary``
+    are not secret, while ``token_dim`` is: a false positive only hides a value, a miss leaks one.
+    """
+    segments = _segments(key)
+    if any(segment in _SECRET_WORDS for segment in segments):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(segments))
+
+
+def redact_secrets(params: dict[str, str]) -> dict[str, str]:
+    """A copy of ``params`` with the value of every secret key replaced by `REDACTED`."""
+    return {key: REDACTED if is_secret_key(key) else value for key, value in params.items()}
+
+
+# scheme "://" userinfo "@". The userinfo stops at what ends an authority ("/", "?", "#") and at whitespace,
+# quotes and brackets, so in rendered text such as "{'a': 'https://host', 'b': 'x@y'}" the match cannot run
+# from one value into the next. "@" is allowed inside and matching is greedy, so a raw "@" in a password
+# ("user:p@ss@host") is stripped up to the last "@". scp-like "git@host:repo" has no "://" and is left alone.
+_URL_USERINFO = re.compile(r"""([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#"'<>\[\]{}|\\^`]*@""")
+
+
+def strip_url_credentials(text: str) -> str:
+    """Remove the ``user:password@`` or ``token@`` part of every URL in ``text``."""
+    if "@" not in text:
+        # Nearly every value has no "@"; skip the regex scan for them.
+        return text
+    return _URL_USERINFO.sub(r"\1", text)
+
+
+# ---- lengths ------------------------------------------------------------------------------------------
+
+
+def truncate_value(text: str, limit: int = MAX_PARAM_VAL_LENGTH, note: str = "") -> tuple[str, bool]:
+    """Fit ``text`` into ``limit`` characters; return the text and whether it was cut.
+
+    A cut text ends with ``... [truncated N chars{note}]``, N being the number of characters removed. If
+    even the marker does not fit in ``limit``, the text is cut hard to ``limit`` with no marker.
+    """
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if len(text) <= limit:
+        return text, False
+
+    def marker(removed: int) -> str:
+        return f"... [truncated {removed} chars{note}]"
+
+    # The marker's length depends on the number of digits of N, which depends on the marker's length;
+    # N only grows while iterating, so this settles within a couple of rounds.
+    keep = limit - len(marker(len(text) - limit))
+    while keep >= 0 and len(marker(len(text) - keep)) + keep > limit:
+        keep -= 1
+    if keep < 0:
+        return text[:limit], True
+    return text[:keep] + marker(len(text) - keep), True

@@ -1,0 +1,252 @@
+"""Which run the logger writes into, and the status that run ends with, through a real Trainer."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from tiny import TinyData, TinyModel, make_trainer
+
+from lightning_mlflow_ext import DeletedExperimentError, MLflowLogger, RunNotFoundError
+from lightning_mlflow_ext.session import OWNER_TAG
+
+
+def runs_in(client: MlflowClient, experiment_name: str) -> list[mlflow.entities.Run]:
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"experiment {experiment_name!r} was not created"
+    return client.search_runs([experiment.experiment_id], run_view_type=mlflow.entities.ViewType.ALL)
+
+
+def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [point.step for point in client.get_metric_history(run_id, key)]
+
+
+def test_fit_then_test_writes_one_finished_run(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, run_name="tiny", tracking_uri=tracking_uri)
+    trainer = make_trainer(logger)
+    model, data = TinyModel(lr=0.05), TinyData()
+    trainer.fit(model, data)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    trainer.test(model, data)
+
+    (run,) = runs_in(client, experiment_name)
+    assert run.info.run_id == logger.run_id == logger.version
+    assert run.info.run_name == "tiny"
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[OWNER_TAG] == "lightning-mlflow-ext"
+    assert "test_loss" in run.data.metrics and "val_loss" in run.data.metrics
+    assert run.data.params["lr"] == "0.05"
+    assert run.data.params["batch_size"] == "8"  # the datamodule's save_hyperparameters()
+    assert logger.name == experiment_name
+    assert logger.experiment_id == run.info.experiment_id
+
+
+def test_runs_inside_user_active_run_and_leaves_it_open(tracking_uri, experiment_name, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # the user's fluent API setting
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment(experiment_name)
+    with mlflow.start_run(run_name="outer", experiment_id=experiment_id) as outer:
+        logger = MLflowLogger(experiment_name="ignored-when-a-run-is-active")
+        trainer = make_trainer(logger)
+        trainer.fit(TinyModel(lr=0.2), TinyData())
+        assert logger.run_id == outer.info.run_id
+        assert not logger.owns_run
+        assert client.get_run(outer.info.run_id).info.status == "RUNNING"
+    run = client.get_run(outer.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.2"
+    assert "val_loss" in run.data.metrics
+    assert len(runs_in(client, experiment_name)) == 1
+    assert client.get_experiment_by_name("ignored-when-a-run-is-active") is None
+
+
+def test_exception_in_fit_marks_the_run_failed(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    with pytest.raises(RuntimeError, match="boom"):
+        make_trainer(logger).fit(TinyModel(fail_at_step=3), TinyData())
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FAILED"
+    assert steps_of(client, logger.run_id, "train_loss_step") == [0, 1, 2]
+
+
+def test_keyboard_interrupt_marks_the_run_killed(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    # Lightning turns Ctrl-C into a graceful shutdown that ends with sys.exit(1).
+    with pytest.raises(SystemExit):
+        make_trainer(logger).fit(TinyModel(interrupt_at_step=2), TinyData())
+    assert client.get_run(logger.run_id).info.status == "KILLED"
+
+
+def test_unknown_run_id_is_an_error_not_a_new_run(tracking_uri, client, experiment_name):
+    client.create_experiment(experiment_name)
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id="0" * 32)
+    with pytest.raises(RunNotFoundError, match=r"No MLflow run with id '0{32}'"):
+        make_trainer(logger).fit(TinyModel(), TinyData())
+    assert runs_in(client, experiment_name) == []
+
+
+def test_deleted_experiment_is_an_error_that_says_how_to_restore(tracking_uri, client, experiment_name):
+    experiment_id = client.create_experiment(experiment_name)
+    client.delete_experiment(experiment_id)
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    with pytest.raises(DeletedExperimentError, match=f"mlflow experiments restore --experiment-id {experiment_id}"):
+        make_trainer(logger).fit(TinyModel(), TinyData())
+
+
+def test_run_id_continues_a_finished_run_and_finishes_it_again(tracking_uri, client, experiment_name):
+    first = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    model, data = TinyModel(), TinyData()
+    make_trainer(first).fit(model, data)
+
+    again = MLflowLogger(tracking_uri=tracking_uri, run_id=first.run_id, tags={"phase": "eval"})
+    make_trainer(again).test(model, data)  # logs the same hyperparameters again: a no-op
+
+    (run,) = runs_in(client, experiment_name)
+    assert run.info.status == "FINISHED"
+    assert "test_loss" in run.data.metrics and "val_loss" in run.data.metrics
+    assert run.data.tags["phase"] == "eval"
+    assert again.name == experiment_name
+
+
+def test_running_run_from_env_is_left_running(tracking_uri, client, experiment_name, monkeypatch):
+    experiment_id = client.create_experiment(experiment_name)
+    pipeline_run = client.create_run(experiment_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", pipeline_run.info.run_id)
+    logger = MLflowLogger(tracking_uri=tracking_uri, run_name="train-step", tags={"step": "train"})
+    make_trainer(logger).fit(TinyModel(), TinyData())
+    run = client.get_run(pipeline_run.info.run_id)
+    assert run.info.status == "RUNNING"
+    assert run.info.run_name == "train-step"
+    assert run.data.tags["step"] == "train"
+    assert "val_loss" in run.data.metrics
+
+
+def test_parent_run_id_nests_the_new_run(tracking_uri, client, experiment_name):
+    experiment_id = client.create_experiment(experiment_name)
+    parent = client.create_run(experiment_id)
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, parent_run_id=parent.info.run_id)
+    make_trainer(logger, max_epochs=1).fit(TinyModel(), TinyData())
+    assert client.get_run(logger.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+def test_tracking_uri_is_fixed_at_construction_and_global_state_untouched(tmp_path, monkeypatch):
+    chosen = f"sqlite:///{tmp_path}/chosen.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    logger = MLflowLogger(experiment_name="fixed")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/later.db")
+    before = mlflow.get_tracking_uri()
+    make_trainer(logger, max_epochs=1).fit(TinyModel(), TinyData())
+    assert mlflow.get_tracking_uri() == before
+    assert logger.tracking_uri == chosen
+    assert MlflowClient(chosen).get_run(logger.run_id).info.status == "FINISHED"
+    assert not (tmp_path / "later.db").exists()
+
+
+def test_default_store_is_mlflow_db_in_the_working_directory(tmp_path):
+    logger = MLflowLogger()
+    make_trainer(logger, max_epochs=1).fit(TinyModel(), TinyData())
+    assert (tmp_path / "mlflow.db").exists()
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(logger.run_id)
+    assert run.info.status == "FINISHED"
+    assert logger.name == "lightning_logs"
+
+
+def test_experiment_name_from_environment(tracking_uri, client, experiment_name, monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment_name)
+    logger = MLflowLogger(tracking_uri=tracking_uri)
+    make_trainer(logger, max_epochs=1).fit(TinyModel(), TinyData())
+    assert len(runs_in(client, experiment_name)) == 1
+
+
+def test_save_dir_and_log_dir_are_real_folders_for_every_store(tracking_uri, tmp_path):
+    logger = MLflowLogger(tracking_uri=tracking_uri, experiment_name="dirs")
+    assert logger.save_dir == str(tmp_path)
+    assert os.path.isdir(logger.log_dir)
+    assert logger.log_dir == os.path.join(str(tmp_path), "dirs", logger.run_id)
+    file_logger = MLflowLogger(tracking_uri=f"file://{tmp_path}/store")
+    assert file_logger.save_dir == f"{tmp_path}/store"
+    explicit = MLflowLogger(tracking_uri=tracking_uri, save_dir="relative/logs")
+    assert explicit.save_dir == str(tmp_path / "relative" / "logs")
+
+
+def test_checkpoints_land_under_the_run_folder(tracking_uri, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    trainer = make_trainer(logger, max_epochs=1, enable_checkpointing=True)
+    trainer.fit(TinyModel(), TinyData())
+    folder = os.path.join(logger.log_dir, "checkpoints")
+    assert os.listdir(folder), f"no checkpoint in {folder}"
+
+
+def test_trainer_with_logger_survives_pickling(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    trainer = make_trainer(logger, max_epochs=1)
+    unpickled = pickle.loads(pickle.dumps(trainer))
+    assert isinstance(unpickled.logger, MLflowLogger)
+    trainer.fit(TinyModel(), TinyData())
+    copy = pickle.loads(pickle.dumps(logger))
+    assert copy.run_id == logger.run_id
+    copy.log_metrics({"after_pickle": 1.0}, step=7)
+    copy.flush()
+    assert steps_of(client, logger.run_id, "after_pickle") == [7]
+
+
+def _run_script(code: str, tracking_uri: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    script = textwrap.dedent(code)
+    return subprocess.run(
+        [sys.executable, "-c", script, tracking_uri],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)},
+    )
+
+
+def printed_run_id(output: str) -> str:
+    return re.findall(r"^[0-9a-f]{32}$", output, flags=re.MULTILINE)[0]
+
+
+def test_no_created_run_is_left_running_when_the_process_exits(tracking_uri, client, experiment_name, tmp_path):
+    done = _run_script(
+        f"""
+        import sys
+        from lightning_mlflow_ext import MLflowLogger
+        logger = MLflowLogger(experiment_name={experiment_name!r}, tracking_uri=sys.argv[1])
+        logger.log_hyperparams({{"lr": 0.1}})
+        logger.log_metrics({{"loss": 1.0}}, step=0)
+        print(logger.run_id)
+        """,
+        tracking_uri,
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    run = client.get_run(printed_run_id(done.stdout))
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["loss"] == 1.0
+    assert run.data.params["lr"] == "0.1"
+
+
+def test_uncaught_exception_in_a_script_leaves_the_run_failed(tracking_uri, client, experiment_name, tmp_path):
+    done = _run_script(
+        f"""
+        import sys
+        from tiny import TinyData, TinyModel, make_trainer
+        from lightning_mlflow_ext import MLflowLogger
+        logger = MLflowLogger(experiment_name={experiment_name!r}, tracking_uri=sys.argv[1])
+        print(logger.run_id, flush=True)
+        make_trainer(logger).fit(TinyModel(fail_at_step=2), TinyData())
+        """,
+        tracking_uri,
+        str(tmp_path),
+    )
+    assert done.returncode != 0
+    assert "boom" in done.stderr
+    run = client.get_run(printed_run_id(done.stdout))
+    assert run.info.status == "FAILED"
