@@ -250,3 +250,28 @@ def test_uncaught_exception_in_a_script_leaves_the_run_failed(tracking_uri, clie
     assert "boom" in done.stderr
     run = client.get_run(printed_run_id(done.stdout))
     assert run.info.status == "FAILED"
+
+
+def test_sigterm_marks_the_run_killed(tracking_uri, client, experiment_name, tmp_path):
+    done = _run_script(
+        f"""
+        import os, signal, sys
+        from tiny import TinyData, TinyModel, make_trainer
+        from lightning_mlflow_ext import MLflowLogger
+
+        class Preempted(TinyModel):
+            def on_train_batch_end(self, outputs, batch, batch_idx):
+                if self.global_step == 3:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        logger = MLflowLogger(experiment_name={experiment_name!r}, tracking_uri=sys.argv[1])
+        print(logger.run_id, flush=True)
+        make_trainer(logger).fit(Preempted(), TinyData())
+        """,
+        tracking_uri,
+        str(tmp_path),
+    )
+    assert "Received SIGTERM" in done.stderr  # Lightning ends the process with SystemExit
+    run = client.get_run(printed_run_id(done.stdout))
+    assert run.info.status == "KILLED"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) >= 3

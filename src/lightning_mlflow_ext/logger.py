@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
@@ -127,6 +128,13 @@ class MLflowLogger(Logger):
         )
         self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or os.getcwd())
         self._log_model = log_model
+        if log_model:
+            # Accepted so that a migration from Lightning's logger is an import change; uploads come next.
+            log.warning(
+                "MLflowLogger(log_model=%r): checkpoint upload is not in this version yet; checkpoints stay "
+                "in the local folder logger.log_dir.",
+                log_model,
+            )
         self._prefix = prefix
         self._axes = StepAxes(step_axis)
         self._metric_names = NameMapper()
@@ -377,7 +385,7 @@ class MLflowLogger(Logger):
         self._epoch_axis_allowed = epoch_axis_allowed
 
     def _note_exception(self, exception: BaseException) -> None:
-        self._interrupted = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException"
+        self._interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
 
     # ---- helpers ------------------------------------------------------------------------------
 
