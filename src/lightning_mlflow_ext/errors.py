@@ -24,3 +24,7 @@ class DeletedExperimentError(LightningMLflowError):
 
 class TrackingServerUnavailableError(LightningMLflowError):
     """The tracking server did not answer within the wait the logger allows."""
+
+
+class WriteRefusedError(LightningMLflowError):
+    """With ``synchronous=True``: the tracking store refused a write (an invalid name or value)."""

@@ -82,6 +82,8 @@ class MLflowLogger(Logger):
         parent_run_id: create the run nested under this run.
         step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
         server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
+        flush_timeout: seconds the end of each stage waits for the store to take every queued write; what it
+            has not taken by then stays in the journal under ``save_dir`` (``lightning-mlflow sync``).
 
     Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> a new
     run. The logger ends only runs it created (or reopened after they had ended): FINISHED on success,
@@ -105,6 +107,7 @@ class MLflowLogger(Logger):
         parent_run_id: str | None = None,
         step_axis: StepAxis = "epoch",
         server_wait: float = 30.0,
+        flush_timeout: float = 60.0,
     ) -> None:
         super().__init__()
         if log_model not in (True, False, "all"):
@@ -115,6 +118,7 @@ class MLflowLogger(Logger):
             self._tag_names.map(str(key)): truncate_value(strip_url_credentials(render_value(value)), MAX_TAG_VALUE)[0]
             for key, value in (tags or {}).items()
         }
+        self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or os.getcwd())
         self._session = RunSession(
             uri,
             experiment_name=experiment_name,
@@ -125,8 +129,9 @@ class MLflowLogger(Logger):
             artifact_location=artifact_location,
             synchronous=bool(synchronous),
             server_wait=server_wait,
+            save_dir=self._save_dir,
+            flush_timeout=flush_timeout,
         )
-        self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or os.getcwd())
         self._log_model = log_model
         if log_model:
             # Accepted so that a migration from Lightning's logger is an import change; uploads come next.
@@ -332,8 +337,9 @@ class MLflowLogger(Logger):
         pass
 
     def flush(self, timeout: float | None = None) -> int:
-        """Wait until every queued write was sent; return how many could not be delivered."""
-        return self._session.flush(timeout).undelivered
+        """Wait until every queued write is delivered (or refused); return how many points are not in the store."""
+        report = self._session.flush(timeout)
+        return report.rejected + report.pending
 
     @override
     @rank_zero_only
@@ -349,11 +355,21 @@ class MLflowLogger(Logger):
         else:
             final = "FAILED"
         report = self._session.end(final)
-        if report.undelivered:
+        if report.pending:
             log.warning(
-                "%d writes to MLflow run %s could not be delivered: %s",
-                report.undelivered,
+                "MLflow run %s: %d points are not delivered yet (the tracking store did not take them within "
+                "%.0f s). They are kept in %s. Deliver them with: lightning-mlflow sync %s",
                 self._session.run_id,
+                report.pending,
+                self._session.flush_timeout,
+                report.journal,
+                report.journal,
+            )
+        if report.rejected:
+            log.warning(
+                "MLflow run %s: the store refused %d writes: %s",
+                self._session.run_id,
+                report.rejected,
                 "; ".join(report.errors[:3]),
             )
         self._interrupted = False

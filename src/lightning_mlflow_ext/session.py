@@ -16,15 +16,17 @@ from typing import Literal
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Param, Run, RunStatus, RunTag
+from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from lightning_mlflow_ext.errors import DeletedExperimentError, DeletedRunError, RunNotFoundError
+from lightning_mlflow_ext.journal import Header, Journal, journal_path
 from lightning_mlflow_ext.tracking import probe_server
-from lightning_mlflow_ext.writer import DeliveryReport, MetricPoint, RunWriter
+from lightning_mlflow_ext.transport import MetricPoint, make_transport
+from lightning_mlflow_ext.writer import DeliveryReport, RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,12 @@ class RunSession:
         artifact_location: str | None = None,
         synchronous: bool = False,
         server_wait: float = 30.0,
+        save_dir: str = ".",
+        flush_timeout: float = 60.0,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.save_dir = save_dir
+        self._flush_timeout = flush_timeout
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._requested_run_id = run_id
@@ -109,6 +115,10 @@ class RunSession:
             self._resolve()
         assert self._resolved_experiment_name is not None
         return self._resolved_experiment_name
+
+    @property
+    def flush_timeout(self) -> float:
+        return self._flush_timeout
 
     @property
     def owns_run(self) -> bool:
@@ -251,17 +261,30 @@ class RunSession:
             run_id = self.run_id  # resolving first: attaching to a run queues writes of its own
             with self._lock:
                 if self._writer is None:
-                    self._writer = RunWriter(self.client, run_id, synchronous=self._synchronous)
+                    self._writer = RunWriter(
+                        make_transport(self.tracking_uri, self.client),
+                        run_id,
+                        self._journal(run_id),
+                        synchronous=self._synchronous,
+                    )
         return self._writer
+
+    def _journal(self, run_id: str) -> Journal:
+        """This run's journal; one left by an earlier process on the same save_dir is replayed first."""
+        path = journal_path(self.save_dir, run_id)
+        if path.exists():
+            log.info("Replaying undelivered writes of MLflow run %s from %s", run_id, path)
+            return Journal.open_existing(path)
+        return Journal(path, Header(run_id=run_id, tracking_uri=self.tracking_uri))
 
     def ensure_running(self) -> None:
         """Mark an owned run RUNNING again before new work lands in it (``fit`` then ``test``)."""
         if self._running:
             return
-        run_id = self.run_id  # resolving marks a created or attached run as running
+        _ = self.run_id  # resolving marks a created or attached run as running
         with self._lock:
             if not self._running and self._owns_run:
-                self.client.update_run(run_id, status="RUNNING")
+                self.writer.set_status("RUNNING")
             self._running = True
 
     def log_metrics(self, points: list[MetricPoint]) -> None:
@@ -272,7 +295,7 @@ class RunSession:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if tags:
             self.ensure_running()
-            self.writer.set_tags([RunTag(key, value) for key, value in tags.items()])
+            self.writer.set_tags(list(tags.items()))
 
     def logged_params(self) -> dict[str, str]:
         """Params the run already holds (read once, then kept up to date locally)."""
@@ -284,7 +307,7 @@ class RunSession:
         if params:
             self.ensure_running()
             self.logged_params().update(params)
-            self.writer.log_params([Param(key, value) for key, value in params.items()])
+            self.writer.log_params(list(params.items()))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.ensure_running()
@@ -296,12 +319,20 @@ class RunSession:
         return self._writer.flush(timeout)
 
     def end(self, status: FinalStatus, timeout: float | None = None) -> DeliveryReport:
-        """Deliver what is queued; give an owned run its final status. A borrowed run stays open."""
-        report = self.flush(timeout)
+        """Give an owned run its final status after everything queued, and wait for delivery.
+
+        A borrowed run stays open. What the store does not take within the wait stays in the journal.
+        """
+        if self._run_id is None:
+            return DeliveryReport()
         with self._lock:
-            if self._run_id is not None and self._running and self._owns_run:
-                self.client.set_terminated(self._run_id, status=status, end_time=int(time.time() * 1000))
+            if self._running and self._owns_run:
+                self.writer.set_status(status, int(time.time() * 1000))
             self._running = False
+        report = self.flush(self._flush_timeout if timeout is None else timeout)
+        if report.pending and self._writer is not None:
+            parked = self._writer.park()
+            report.pending, report.journal = parked.pending, parked.journal
         return report
 
     # ---- pickling (a Trainer holding the logger can be pickled, ddp_spawn) -------------------

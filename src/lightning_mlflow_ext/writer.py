@@ -1,6 +1,7 @@
-"""Background writer: turns queued metrics, params and tags into MLflow ``log_batch`` requests.
+"""Background writer: turns queued metrics, params, tags and status changes into batched requests.
 
-The training thread only appends to a queue; one worker thread batches and sends.
+The training thread only appends to a bounded queue; one worker thread batches, sends, retries, and keeps
+what it cannot deliver in the run's on-disk journal.
 """
 
 from __future__ import annotations
@@ -9,171 +10,321 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
+from lightning_mlflow_ext.errors import WriteRefusedError
+from lightning_mlflow_ext.journal import Journal, Record
+from lightning_mlflow_ext.transport import DeliveryError, KeyValue, MetricPoint, Transport
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: A metric point as queued by the training thread: (key, value, timestamp in ms, step).
-#: A plain tuple keeps the enqueue cost to a few hundred nanoseconds.
-MetricPoint = tuple[str, float, int, int]
-
-
-@dataclass
-class _Work:
-    """One unit of queued work, kept in arrival order so params and tags land before later metrics."""
-
-    metrics: list[MetricPoint] = field(default_factory=list)
-    params: list[Param] = field(default_factory=list)
-    tags: list[RunTag] = field(default_factory=list)
+__all__ = ["DeliveryReport", "MetricPoint", "RunWriter"]
 
 
 @dataclass
 class DeliveryReport:
-    """What a flush left behind: points the store refused, and why."""
+    """What is not in the store yet: refused writes (and why), and writes still pending delivery."""
 
-    undelivered: int = 0
+    rejected: int = 0
+    pending: int = 0
     errors: list[str] = field(default_factory=list)
+    journal: str | None = None
+
+
+def split(record: Record) -> list[Record]:
+    """Records small enough for one request each (MLflow: 1000 metrics, 100 params+tags)."""
+    if record.size <= MAX_PARAMS_TAGS_PER_BATCH and not (record.params and record.metrics):
+        return [record]
+    parts: list[Record] = []
+    for start in range(0, len(record.params), MAX_PARAMS_TAGS_PER_BATCH):
+        parts.append(Record(params=record.params[start : start + MAX_PARAMS_TAGS_PER_BATCH]))
+    for start in range(0, len(record.tags), MAX_PARAMS_TAGS_PER_BATCH):
+        parts.append(Record(tags=record.tags[start : start + MAX_PARAMS_TAGS_PER_BATCH]))
+    for start in range(0, len(record.metrics), MAX_METRICS_PER_BATCH):
+        parts.append(Record(metrics=record.metrics[start : start + MAX_METRICS_PER_BATCH]))
+    if record.status:
+        parts.append(Record(status=record.status, end_time=record.end_time))
+    return parts
 
 
 class RunWriter:
-    """Sends writes for one run, in the background unless ``synchronous``.
+    """Delivers one run's writes in order; nothing is dropped silently and nothing is sent twice.
 
-    Each key's points are sent in the order they were queued; nothing is sent twice.
+    Memory holds at most ``max_queued_points``; past that, new writes go to the journal until the worker
+    has caught up. A transient failure (server down, 5xx, timeout, locked database) is retried with
+    backoff; a permanent one (a name the store refuses) is reported once and the rest still delivered.
     """
 
     def __init__(
         self,
-        client: MlflowClient,
+        transport: Transport,
         run_id: str,
+        journal: Journal,
         *,
         synchronous: bool = False,
-        flush_interval: float = 2.0,
+        synchronous_timeout: float = 60.0,
+        flush_interval: float = 1.0,
+        max_queued_points: int = 100_000,
+        retry_delays: tuple[float, float] = (0.25, 10.0),
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._run_id = run_id
+        self._journal = journal
         self._synchronous = synchronous
+        self._synchronous_timeout = synchronous_timeout
         self._flush_interval = flush_interval
-        self._queue: deque[_Work] = deque()
+        self._max_queued = max_queued_points
+        self._retry_delays = retry_delays
+        self._lock = threading.Lock()
+        self._queue: deque[Record] = deque()
         self._queued_points = 0
-        self._enqueued = 0  # sequence number of the last queued unit
-        self._done = 0  # sequence number of the last unit handled (sent or reported)
-        self._cond = threading.Condition()
+        self._spilling = journal.pending > 0  # writes already journaled are older than anything new
+        self._inflight: deque[Record] = deque()
+        self._inflight_from_journal = False
+        # Progress is counted in points (a status change counts one), which splitting a record preserves.
+        self._enqueued = journal.pending_points() if journal.pending else 0
+        self._done = 0
+        self._progress = threading.Condition(self._lock)
         self._wake = threading.Event()
-        self._closed = False
+        self._park = threading.Event()
         self._report = DeliveryReport()
-        self._reported_errors: set[str] = set()
+        self._reported: set[str] = set()
+        self._unreachable_since: float | None = None
         self._thread: threading.Thread | None = None
+        if self._spilling:
+            self._start()
 
     @property
-    def run_id(self) -> str:
-        return self._run_id
+    def journal_path(self) -> str:
+        return str(self._journal.path)
 
-    # ---- training-thread side -------------------------------------------------------------
+    # ---- training-thread side ---------------------------------------------------------------
 
     def log_metrics(self, points: list[MetricPoint]) -> None:
         if points:
-            self._submit(_Work(metrics=points), size=len(points))
+            self._submit(Record(metrics=points))
 
-    def log_params(self, params: Sequence[Param]) -> None:
+    def log_params(self, params: list[KeyValue]) -> None:
         if params:
-            self._submit(_Work(params=list(params)), size=len(params))
+            self._submit(Record(params=params))
 
-    def set_tags(self, tags: Sequence[RunTag]) -> None:
+    def set_tags(self, tags: list[KeyValue]) -> None:
         if tags:
-            self._submit(_Work(tags=list(tags)), size=len(tags))
+            self._submit(Record(tags=tags))
 
-    def _submit(self, work: _Work, size: int) -> None:
-        if self._synchronous:
-            self._send_units([work])
-            return
-        self._queue.append(work)
-        self._enqueued += 1
-        self._queued_points += size
-        if self._thread is None:
-            self._start()
-        if self._queued_points >= MAX_METRICS_PER_BATCH:
+    def set_status(self, status: str, end_time: int | None = None) -> None:
+        self._submit(Record(status=status, end_time=end_time))
+
+    def _submit(self, record: Record) -> None:
+        size = record.size
+        with self._lock:
+            self._enqueued += size
+            if self._spilling or self._queued_points + size > self._max_queued:
+                # The store is slower than the loop: keep memory bounded, let the disk hold the rest.
+                self._spilling = True
+                self._journal.append([record])
+            else:
+                self._queue.append(record)
+                self._queued_points += size
+            full = self._queued_points >= MAX_METRICS_PER_BATCH
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+                full = False
+        if full or self._synchronous:
             self._wake.set()
+        if self._synchronous:
+            self._wait_synchronously()
+
+    def _wait_synchronously(self) -> None:
+        report = self.flush(self._synchronous_timeout)
+        if report.errors:
+            raise WriteRefusedError("; ".join(report.errors))
+
+    # ---- waiting --------------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> DeliveryReport:
-        """Wait until everything queued so far was handled; return what could not be delivered."""
-        if not self._synchronous and self._thread is not None:
+        """Wait until everything queued so far is delivered or refused, at most ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
             target = self._enqueued
-            self._wake.set()
-            deadline = None if timeout is None else time.monotonic() + timeout
-            with self._cond:
-                while self._done < target:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    self._cond.wait(remaining if remaining is not None else 1.0)
-        report, self._report = self._report, DeliveryReport()
-        return report
-
-    def close(self, timeout: float | None = None) -> DeliveryReport:
-        report = self.flush(timeout)
-        self._closed = True
+            if self._done < target and (self._thread is None or not self._thread.is_alive()):
+                self._start()
         self._wake.set()
+        with self._progress:
+            while self._done < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._progress.wait(1.0 if remaining is None else min(remaining, 1.0))
+        return self._take_report()
+
+    def park(self, timeout: float = 30.0) -> DeliveryReport:
+        """Stop the worker and put everything undelivered in the journal, in order. The next write restarts it."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._park.set()
+            self._wake.set()
+            thread.join(timeout)
+        with self._lock:
+            front = [] if self._inflight_from_journal else list(self._inflight)
+            front.extend(self._queue)
+            self._inflight.clear()
+            self._queue.clear()
+            self._queued_points = 0
+            self._journal.prepend(front)
+            self._spilling = self._journal.pending > 0
+            self._park.clear()
+        return self._take_report()
+
+    def _take_report(self) -> DeliveryReport:
+        with self._lock:
+            report, self._report = self._report, DeliveryReport()
+            report.pending = self._pending_points()
+            report.journal = self.journal_path if self._journal.pending else None
         return report
 
-    # ---- worker side ----------------------------------------------------------------------
+    def _pending_points(self) -> int:
+        in_memory = sum(r.size for r in self._queue) + sum(r.size for r in self._inflight)
+        if self._inflight_from_journal:
+            in_memory -= sum(r.size for r in self._inflight)
+        return in_memory + (self._journal.pending_points() if self._journal.pending else 0)
+
+    # ---- worker side ----------------------------------------------------------------------------
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"mlflow-writer-{self._run_id[:8]}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._closed:
+        while not self._park.is_set():
+            self._drain()
+            if self._park.is_set():
+                return
             self._wake.wait(self._flush_interval)
             self._wake.clear()
-            self._drain()
 
     def _drain(self) -> None:
-        while self._queue:
-            units: list[_Work] = []
-            while self._queue:
-                units.append(self._queue.popleft())
-            self._queued_points = 0
-            self._send_units(units)
-            with self._cond:
-                self._done += len(units)
-                self._cond.notify_all()
+        """Memory first (it is older than the journal while spilling), then the journal."""
+        while not self._park.is_set():
+            with self._lock:
+                records = list(self._queue)
+                self._queue.clear()
+                self._queued_points = 0
+            if records:
+                self._inflight_from_journal = False
+                for record in records:
+                    self._inflight.extend(split(record))
+                if not self._send_inflight():
+                    return
+                self._mark_done(sum(record.size for record in records))
+                continue
+            journaled, offset = self._journal.peek(200)
+            if journaled:
+                self._inflight_from_journal = True
+                for record in journaled:
+                    self._inflight.extend(split(record))
+                if not self._send_inflight():
+                    return
+                self._journal.advance(len(journaled), offset)
+                self._inflight_from_journal = False
+                self._mark_done(sum(record.size for record in journaled))
+                continue
+            with self._lock:
+                if not self._queue and self._journal.pending == 0:
+                    self._spilling = False
+                    return
 
-    def _send_units(self, units: Iterable[_Work]) -> None:
-        metrics: list[Metric] = []
-        for unit in units:
-            # Params and tags go in requests of their own: log_batch writes params first, and one
-            # rejected param would otherwise sink every metric in the request.
-            for start in range(0, len(unit.params), MAX_PARAMS_TAGS_PER_BATCH):
-                self._send("params", params=unit.params[start : start + MAX_PARAMS_TAGS_PER_BATCH])
-            for start in range(0, len(unit.tags), MAX_PARAMS_TAGS_PER_BATCH):
-                self._send("tags", tags=unit.tags[start : start + MAX_PARAMS_TAGS_PER_BATCH])
-            metrics.extend(Metric(key, value, ts, step) for key, value, ts, step in unit.metrics)
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            self._send("metrics", metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+    def _mark_done(self, points: int) -> None:
+        with self._progress:
+            self._done += points
+            self._progress.notify_all()
 
-    def _send(
-        self,
-        kind: str,
-        *,
-        metrics: Sequence[Metric] = (),
-        params: Sequence[Param] = (),
-        tags: Sequence[RunTag] = (),
-    ) -> None:
+    def _send_inflight(self) -> bool:
+        """Send the in-flight records in batches; False if parked before all were sent."""
+        while self._inflight:
+            head = self._inflight[0]
+            if head.metrics:
+                batch: list[Record] = []
+                points = 0
+                while (
+                    self._inflight
+                    and self._inflight[0].metrics
+                    and points + len(self._inflight[0].metrics) <= MAX_METRICS_PER_BATCH
+                ):
+                    batch.append(self._inflight.popleft())
+                    points += len(batch[-1].metrics)
+                metrics = [point for record in batch for point in record.metrics]
+                if not self._with_retries(self._send_metrics, metrics):
+                    self._inflight.extendleft(reversed(batch))
+                    return False
+                continue
+            if not self._with_retries(self._send_other, head):
+                return False
+            self._inflight.popleft()
+        return True
+
+    def _send_metrics(self, metrics: list[MetricPoint]) -> None:
         try:
-            self._client.log_batch(self._run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
-        except Exception as exc:  # the worker must outlive a refused batch or a broken connection
-            self._record_failure(kind, len(metrics) + len(params) + len(tags), exc)
+            self._transport.log_batch(self._run_id, metrics=metrics)
+        except DeliveryError as exc:
+            if exc.transient:
+                raise
+            if len(metrics) == 1:
+                self._refuse(f"metric {metrics[0][0]!r}", 1, exc)
+                return
+            # One bad point must not sink the others: split until the refused ones are found.
+            middle = len(metrics) // 2
+            self._send_metrics(metrics[:middle])
+            self._send_metrics(metrics[middle:])
 
-    def _record_failure(self, kind: str, count: int, exc: Exception) -> None:
-        self._report.undelivered += count
-        message = f"MLflow refused {count} {kind} for run {self._run_id}: {exc}"
-        self._report.errors.append(message)
-        cause = f"{kind}:{type(exc).__name__}:{str(exc)[:200]}"
-        if cause not in self._reported_errors:
-            self._reported_errors.add(cause)
+    def _send_other(self, record: Record) -> None:
+        try:
+            if record.params:
+                self._transport.log_batch(self._run_id, params=record.params)
+            if record.tags:
+                self._transport.log_batch(self._run_id, tags=record.tags)
+            if record.status:
+                self._transport.set_status(self._run_id, record.status, record.end_time)
+        except DeliveryError as exc:
+            if exc.transient:
+                raise
+            keys = [key for key, _ in record.params or record.tags] or [f"status {record.status}"]
+            self._refuse(", ".join(repr(k) for k in keys[:5]), record.size, exc)
+
+    def _with_retries(self, send: Callable[[T], None], payload: T) -> bool:
+        delay, max_delay = self._retry_delays
+        while True:
+            try:
+                send(payload)
+            except DeliveryError as exc:
+                if self._unreachable_since is None:
+                    self._unreachable_since = time.monotonic()
+                    log.warning(
+                        "MLflow run %s: the tracking store is not taking writes (%s). Retrying in the "
+                        "background; nothing is lost, undelivered writes are kept in %s.",
+                        self._run_id,
+                        exc,
+                        self.journal_path,
+                    )
+                if self._park.wait(delay):
+                    return False
+                delay = min(delay * 2, max_delay)
+                continue
+            if self._unreachable_since is not None:
+                log.warning("MLflow run %s: the tracking store takes writes again.", self._run_id)
+                self._unreachable_since = None
+            return True
+
+    def _refuse(self, what: str, count: int, exc: Exception) -> None:
+        message = f"MLflow refused {what} for run {self._run_id}: {exc}"
+        with self._lock:
+            self._report.rejected += count
+            self._report.errors.append(message)
+        if what not in self._reported:
+            self._reported.add(what)
             log.warning(message)
