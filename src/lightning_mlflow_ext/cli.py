@@ -1,6 +1,6 @@
-"""The ``lightning-mlflow`` command: look at what a run recorded, from a terminal.
+"""The ``lightning-mlflow`` command: look at a run from a terminal, and deliver what a logger could not send.
 
-Subcommands are small and read-only unless their name says otherwise.
+One small function per subcommand.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from mlflow import MlflowClient
 
 from lightning_mlflow_ext import __version__
+from lightning_mlflow_ext.journal import Journal, find_journals
 from lightning_mlflow_ext.tracking import resolve_tracking_uri
+from lightning_mlflow_ext.transport import make_transport
 from lightning_mlflow_ext.ui import run_link
+from lightning_mlflow_ext.writer import RunWriter
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -34,6 +37,32 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    journals = find_journals(args.path)
+    if not journals:
+        print(f"Nothing to deliver: no journal at {args.path}")
+        return 0
+    failed = 0
+    for path in journals:
+        journal = Journal.open_existing(path)
+        uri = resolve_tracking_uri(args.tracking_uri or journal.header.tracking_uri)
+        points = journal.pending_points()
+        writer = RunWriter(make_transport(uri, MlflowClient(uri)), journal.header.run_id, journal)
+        report = writer.flush(args.timeout)
+        if report.pending:
+            writer.park()
+            failed += 1
+            print(
+                f"run {journal.header.run_id}: {report.pending} of {points} points still pending ({uri} did "
+                f"not take them within {args.timeout:.0f} s); they stay in {path}"
+            )
+        else:
+            print(f"run {journal.header.run_id}: delivered {points - report.rejected} points to {uri}")
+        for error in report.errors:
+            print(f"  refused: {error}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightning-mlflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lightning-mlflow-ext {__version__}")
@@ -42,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else ./mlflow.db")
     show.set_defaults(func=_show)
+    sync = commands.add_parser(
+        "sync",
+        help="deliver writes a logger could not send (a journal file, or a save_dir holding journals); "
+        "safe to run again: nothing is stored twice",
+    )
+    sync.add_argument("path")
+    sync.add_argument("--tracking-uri", default=None, help="default: the store the journal was written for")
+    sync.add_argument("--timeout", type=float, default=120.0, help="seconds to keep retrying (default 120)")
+    sync.set_defaults(func=_sync)
     return parser
 
 

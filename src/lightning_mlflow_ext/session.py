@@ -157,6 +157,8 @@ class RunSession:
             else:
                 self._attach(run)
             _live_sessions.add(self)
+            if journal_path(self.save_dir, self._run_id).exists():
+                _ = self.writer  # an earlier process left undelivered writes: replay them now
 
     def _find_run(self) -> tuple[Run | None, Origin | None]:
         if self._requested_run_id:

@@ -1,0 +1,179 @@
+"""Delivery when the tracking server goes away: nothing lost, nothing stored twice, one command to catch up.
+
+These tests stop and restart the real session-wide `mlflow server`.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from tiny import TinyData, TinyModel, make_trainer
+
+from lightning_mlflow_ext import MLflowLogger
+from lightning_mlflow_ext.errors import WriteRefusedError
+from lightning_mlflow_ext.journal import Header, Journal, journal_path
+from lightning_mlflow_ext.transport import make_transport
+from lightning_mlflow_ext.writer import RunWriter
+
+STEPS = 16  # 2 epochs x 8 batches
+
+
+def server_outage(server, stop_at: int, start_at: int | None) -> TinyModel:
+    model = ServerOutage()
+    # Set after construction: save_hyperparameters() copies init arguments, and a server process can't be.
+    model.outage = (server, stop_at, start_at)
+    return model
+
+
+class ServerOutage(TinyModel):
+    """Stops the tracking server at one training step, and starts it again at another (or never)."""
+
+    outage: tuple
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        server, stop_at, start_at = self.outage
+        if self.global_step == stop_at:
+            server.stop()
+        if self.global_step == start_at:
+            server.start()
+
+
+@pytest.fixture
+def server(mlflow_server):
+    yield mlflow_server
+    if not mlflow_server.running:
+        mlflow_server.start()
+
+
+def assert_every_point_once(client: MlflowClient, run_id: str) -> None:
+    for key, expected in {"train_loss_step": STEPS, "train_mse": STEPS, "val_loss": 2, "train_loss_epoch": 2}.items():
+        steps = [point.step for point in client.get_metric_history(run_id, key)]
+        duplicated = [step for step, count in Counter(steps).items() if count > 1]
+        assert not duplicated, f"{key}: steps stored twice: {duplicated}"
+        assert len(steps) == expected, f"{key}: {len(steps)} points, expected {expected}"
+
+
+def test_points_survive_the_server_being_down_at_start_and_during_fit(server, experiment_name, tmp_path):
+    client = MlflowClient(server.uri)
+    server.stop()
+    release = threading.Event()
+
+    def start_later() -> None:
+        time.sleep(2.0)
+        server.start()  # back while the logger waits for it
+        release.wait()  # the server dies with the thread that started it
+
+    starter = threading.Thread(target=start_later, daemon=True)
+    starter.start()
+    try:
+        logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=server.uri, server_wait=90)
+        model = server_outage(server, stop_at=4, start_at=11)  # stopped and started again from this thread
+        make_trainer(logger).fit(model, TinyData())
+    finally:
+        release.set()
+        starter.join()
+    assert logger.flush() == 0
+    assert_every_point_once(client, logger.run_id)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    assert not journal_path(logger.save_dir, logger.run_id).exists()
+
+
+def _fit_into_an_outage(server, experiment_name, tmp_path, caplog) -> tuple[MLflowLogger, Path]:
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=server.uri, flush_timeout=2)
+    with caplog.at_level(logging.WARNING):
+        make_trainer(logger).fit(server_outage(server, stop_at=5, start_at=None), TinyData())
+    assert not server.running
+    journal = journal_path(logger.save_dir, logger.run_id)
+    assert journal.exists(), "undelivered points must be kept on disk"
+    message = next(r.getMessage() for r in caplog.records if "not delivered yet" in r.getMessage())
+    assert f"lightning-mlflow sync {journal}" in message
+    return logger, journal
+
+
+def sync(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_mlflow_ext.cli", "sync", str(path), "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_sync_delivers_the_journal_exactly_once(server, experiment_name, tmp_path, caplog):
+    logger, journal = _fit_into_an_outage(server, experiment_name, tmp_path, caplog)
+    pending = Journal.open_existing(journal).pending_points()
+    assert pending >= STEPS  # the outage began at step 5 of 16: most points are in the journal
+    server.start()
+    first = sync(Path(logger.save_dir))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"delivered {pending} points" in first.stdout
+    client = MlflowClient(server.uri)
+    assert_every_point_once(client, logger.run_id)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"  # the final status was journaled too
+    assert not journal.exists()
+
+    second = sync(Path(logger.save_dir))
+    assert second.returncode == 0 and "Nothing to deliver" in second.stdout
+    assert_every_point_once(client, logger.run_id)
+
+
+def test_a_later_logger_on_the_same_save_dir_replays_the_journal(server, experiment_name, tmp_path, caplog):
+    logger, journal = _fit_into_an_outage(server, experiment_name, tmp_path, caplog)
+    server.start()
+    later = MLflowLogger(tracking_uri=server.uri, run_id=logger.run_id, save_dir=logger.save_dir)
+    assert later.run_id == logger.run_id  # attaching (as a Trainer does at setup) starts the replay
+    assert later.flush(timeout=60) == 0
+    client = MlflowClient(server.uri)
+    assert_every_point_once(client, logger.run_id)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    assert not journal.exists()
+
+
+def test_a_refused_metric_name_does_not_sink_the_others(tracking_uri, client, experiment_name, tmp_path, caplog):
+    run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
+    journal = Journal(journal_path(tmp_path, run_id), Header(run_id, tracking_uri))
+    writer = RunWriter(make_transport(tracking_uri, client), run_id, journal)
+    points = [(f"ok{i}", float(i), 1_700_000_000_000 + i, i) for i in range(50)]
+    points.insert(17, ("bad@name", 1.0, 1_700_000_000_000, 0))
+    with caplog.at_level(logging.WARNING):
+        writer.log_metrics(points)
+        writer.log_metrics([("bad@name", 2.0, 1_700_000_000_001, 1), ("ok0", 9.0, 1_700_000_000_100, 100)])
+        report = writer.flush(timeout=60)
+    assert report.rejected == 2 and report.pending == 0
+    metrics = client.get_run(run_id).data.metrics
+    assert sorted(metrics) == sorted(f"ok{i}" for i in range(50))
+    assert [p.step for p in client.get_metric_history(run_id, "ok0")] == [0, 100]
+    warnings = [r for r in caplog.records if "bad@name" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_synchronous_writes_raise_when_refused(tracking_uri, client, experiment_name, tmp_path):
+    run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
+    journal = Journal(journal_path(tmp_path, run_id), Header(run_id, tracking_uri))
+    writer = RunWriter(make_transport(tracking_uri, client), run_id, journal, synchronous=True)
+    writer.log_metrics([("fine", 1.0, 1_700_000_000_000, 0)])
+    assert [p.value for p in client.get_metric_history(run_id, "fine")] == [1.0]
+    with pytest.raises(WriteRefusedError, match="bad@name"):
+        writer.log_metrics([("bad@name", 1.0, 1_700_000_000_000, 0)])
+
+
+def test_memory_stays_bounded_by_spilling_to_the_journal(tracking_uri, client, experiment_name, tmp_path):
+    run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
+    journal = Journal(journal_path(tmp_path, run_id), Header(run_id, tracking_uri))
+    writer = RunWriter(make_transport(tracking_uri, client), run_id, journal, max_queued_points=500)
+    for step in range(600):
+        writer.log_metrics([(f"m{i}", float(step), 1_700_000_000_000 + step, step) for i in range(5)])
+        assert writer._queued_points <= 500
+    assert writer.flush(timeout=120).pending == 0
+    for i in range(5):
+        steps = [p.step for p in client.get_metric_history(run_id, f"m{i}")]
+        assert sorted(steps) == list(range(600))
+    assert not journal.path.exists()
