@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lightning_mlflow_ext.transport import KeyValue, MetricPoint
 
@@ -86,6 +86,7 @@ class Journal:
         self._lock = threading.Lock()
         self._cursor = 0  # byte offset of the first record not yet delivered
         self._pending = 0  # records after the cursor
+        self._handle: IO[str] | None = None
 
     @classmethod
     def open_existing(cls, path: Path) -> Journal:
@@ -122,13 +123,14 @@ class Journal:
             new_file = not self.path.exists()
             if new_file:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
+            if new_file or self._handle is None:
+                self._handle = self.path.open("a", encoding="utf-8")
                 if new_file:
-                    handle.write(self._header_line())
+                    self._handle.write(self._header_line())
                     self._cursor = len(self._header_line().encode())
-                handle.write("".join(record.to_json() + "\n" for record in records))
-                handle.flush()
-                os.fsync(handle.fileno())
+            # Flushed to the OS on every append (another process may read it); fsynced when the writer parks.
+            self._handle.write("".join(record.to_json() + "\n" for record in records))
+            self._handle.flush()
             self._pending += len(records)
 
     def peek(self, limit: int) -> tuple[list[Record], int]:
@@ -151,13 +153,28 @@ class Journal:
             self._pending -= count
             if self._pending <= 0:
                 self._pending = 0
+                self._close_handle()
                 self.path.unlink(missing_ok=True)
 
+    def _close_handle(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
     def prepend(self, records: list[Record]) -> None:
-        """Put records that are older than everything in the journal in front of it (at close, server down)."""
+        """Put records that are older than everything in the journal in front of it (at close, server down).
+
+        Either way the journal is on disk (fsynced) when this returns.
+        """
         if not records:
+            with self._lock:
+                if self._handle is not None:
+                    self._handle.flush()
+                    os.fsync(self._handle.fileno())
+                self._close_handle()
             return
         with self._lock:
+            self._close_handle()
             rest = [line for _, line in self._lines_from(self._cursor)] if self.path.exists() else []
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")

@@ -230,16 +230,18 @@ class MLflowLogger(Logger):
                 "global step; add lightning_mlflow_ext.bridge.MLflowTrainerBridge() to the Trainer's callbacks.",
             )
         points: list[MetricPoint] = []
+        map_name = self._metric_names.map
         for key, raw in metrics.items():
-            value = self._metric_value(key, raw)
+            # This runs on the training thread for every point: the common case (a finite float) goes first.
+            value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
             if value is None:
                 continue
             if self._prefix:
                 key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"
-            name = self._metric_names.map(key)
+            name = map_name(key)
             if name != key:
                 self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
-            point_step = self._step(name, step)
+            point_step = int(step) if step is not None else self._step(name, None)
             if name == EPOCH_KEY:
                 if not self._axes.keep_epoch_point(point_step):
                     continue
