@@ -24,7 +24,15 @@ class StepAxes:
         if step_axis not in ("epoch", "global_step"):
             raise ValueError(f"step_axis must be 'epoch' or 'global_step', got {step_axis!r}")
         self.step_axis: StepAxis = step_axis
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every key (a new run)."""
         self._axis: dict[str, StepAxis] = {}
+        self._last_epoch: dict[str, int] = {}
+        #: Keys that got a second point at an epoch they already had (a validate() or test() repeated
+        #: at the same epoch): MLflow keeps both, ordered by time.
+        self.repeated: set[str] = set()
         self._last_epoch_step: int | None = None
 
     @property
@@ -35,12 +43,21 @@ class StepAxes:
     def axis_of(self, key: str) -> StepAxis | None:
         return self._axis.get(key)
 
+    def seed(self, epoch_keys: list[str]) -> None:
+        """Keys a resumed run already records at step = epoch keep that axis in this process too."""
+        for key in epoch_keys:
+            self._axis.setdefault(key, "epoch")
+
     def step_for(self, key: str, *, epoch_level: bool, epoch: int | None, step: int) -> int:
         axis = self._axis.get(key)
         if axis is None:
             axis = "epoch" if epoch_level and epoch is not None and self.step_axis == "epoch" else "global_step"
             self._axis[key] = axis
         if axis == "epoch" and epoch is not None:
+            last = self._last_epoch.get(key)
+            if last is not None and epoch <= last:
+                self.repeated.add(key)
+            self._last_epoch[key] = epoch
             return epoch
         return step
 

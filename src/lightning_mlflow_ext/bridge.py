@@ -25,8 +25,11 @@ def validates_once_per_epoch(trainer: pl.Trainer) -> bool:
         return False  # validation every N batches, across epoch boundaries
     every = trainer.val_check_batch
     batches = trainer.num_training_batches
-    if every is None or (isinstance(batches, float) and math.isinf(batches)):
+    if every is None:
         return True
+    if isinstance(batches, float) and math.isinf(batches):
+        # A stream of unknown length: only "validate at the end of the epoch" is once an epoch.
+        return isinstance(every, float) and math.isinf(every)
     return every >= batches
 
 
@@ -44,6 +47,8 @@ class MLflowTrainerBridge(Callback):
             logger._bind_trainer(trainer)
 
     def _mark(self, trainer: pl.Trainer, at_epoch_end: bool, epoch_axis_allowed: bool = True) -> None:
+        if at_epoch_end and trainer.sanity_checking:
+            return  # the sanity check logs nothing, and must not leave the flag set for the first batches
         for logger in _mlflow_loggers(trainer):
             logger._set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
 
@@ -69,6 +74,14 @@ class MLflowTrainerBridge(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         in_fit = trainer.state.fn == "fit"
         self._mark(trainer, True, epoch_axis_allowed=not in_fit or validates_once_per_epoch(trainer))
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(trainer, False)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(trainer, False)
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

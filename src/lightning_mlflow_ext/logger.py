@@ -25,6 +25,7 @@ from typing_extensions import override
 from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
 from lightning_mlflow_ext.keys import (
     NameMapper,
+    redact_secrets,
     render_hparams,
     render_value,
     strip_url_credentials,
@@ -49,6 +50,10 @@ HPARAMS_ARTIFACT = "hparams.json"
 MAX_TAG_VALUE = 8000
 #: +-inf become the largest finite doubles: the sign survives every store (a server turns -inf into +max).
 FLOAT_MAX = sys.float_info.max
+
+
+def _is_global_rank_zero() -> bool:
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 class MLflowLogger(Logger):
@@ -114,10 +119,14 @@ class MLflowLogger(Logger):
             raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
         uri = resolve_tracking_uri(tracking_uri)
         self._tag_names = NameMapper()
-        run_tags = {
-            self._tag_names.map(str(key)): truncate_value(strip_url_credentials(render_value(value)), MAX_TAG_VALUE)[0]
-            for key, value in (tags or {}).items()
-        }
+        run_tags = redact_secrets(
+            {
+                self._tag_names.map(str(key)): truncate_value(
+                    strip_url_credentials(render_value(value)), MAX_TAG_VALUE
+                )[0]
+                for key, value in (tags or {}).items()
+            }
+        )
         self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or os.getcwd())
         self._session = RunSession(
             uri,
@@ -131,6 +140,7 @@ class MLflowLogger(Logger):
             server_wait=server_wait,
             save_dir=self._save_dir,
             flush_timeout=flush_timeout,
+            may_create=_is_global_rank_zero,
         )
         self._log_model = log_model
         if log_model:
@@ -153,6 +163,8 @@ class MLflowLogger(Logger):
         self._axis_tags_sent: tuple[str, ...] | None = None
         self._auto_steps: dict[str, int] = {}
         self._changed_params: dict[str, str] = {}
+        self._fit_ended = False
+        self._axes_seeded = False
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -189,6 +201,7 @@ class MLflowLogger(Logger):
     @property
     @override
     def save_dir(self) -> str:
+        os.makedirs(self._save_dir, exist_ok=True)
         return self._save_dir
 
     @property
@@ -222,13 +235,6 @@ class MLflowLogger(Logger):
         epoch_level = self._at_epoch_end and self._epoch_axis_allowed
         trainer = self._trainer
         epoch = trainer.current_epoch if trainer is not None else None
-        if trainer is None and step is not None:
-            self._warn_once(
-                "no-bridge",
-                "MLflowLogger got no Trainer state: Lightning did not load this package's callbacks_factory "
-                "entry point (is lightning-mlflow-ext pip-installed?). Epoch-level metrics fall back to the "
-                "global step; add lightning_mlflow_ext.bridge.MLflowTrainerBridge() to the Trainer's callbacks.",
-            )
         points: list[MetricPoint] = []
         map_name = self._metric_names.map
         for key, raw in metrics.items():
@@ -236,13 +242,14 @@ class MLflowLogger(Logger):
             value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
             if value is None:
                 continue
+            is_epoch = key == EPOCH_KEY
             if self._prefix:
                 key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"
             name = map_name(key)
             if name != key:
                 self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
             point_step = int(step) if step is not None else self._step(name, None)
-            if name == EPOCH_KEY:
+            if is_epoch:
                 if not self._axes.keep_epoch_point(point_step):
                     continue
             else:
@@ -348,6 +355,23 @@ class MLflowLogger(Logger):
     def finalize(self, status: str = "success") -> None:
         if not self._session.resolved:
             return
+        if self._trainer is None:
+            # Only Lightning calls finalize; without the bridge's setup the logger never saw the Trainer.
+            self._warn_once(
+                "no-bridge",
+                "MLflowLogger never saw the Trainer: Lightning did not load this package's callbacks_factory "
+                "entry point (is lightning-mlflow-ext pip-installed?). Epoch-level metrics were recorded at the "
+                "global step; add lightning_mlflow_ext.bridge.MLflowTrainerBridge() to the Trainer's callbacks.",
+            )
+        elif self._trainer.state.fn == "fit":
+            self._fit_ended = True
+        if self._axes.repeated:
+            self._warn_once(
+                "repeated:" + ",".join(sorted(self._axes.repeated)),
+                f"Metrics {sorted(self._axes.repeated)} got a second point at an epoch they already had (validate() "
+                "or test() run again at the same epoch); MLflow keeps both, in time order. "
+                "step_axis='global_step' records them at the global step instead.",
+            )
         self._send_axis_tags()
         final: FinalStatus
         if status in ("success", "finished"):
@@ -391,12 +415,42 @@ class MLflowLogger(Logger):
     def _bind_trainer(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
         self._at_epoch_end = False
+        if trainer.state.fn == "fit" and self._fit_ended and trainer.global_step == 0 and trainer.ckpt_path is None:
+            self._start_over()
         if trainer.world_size > 1:
-            run_id = self._session.run_id if trainer.global_rank == 0 else None
-            self._session.adopt_run_id(str(trainer.strategy.broadcast(run_id, src=0)))
+            # Rank 0 resolves the run; every other rank takes its identity instead of resolving on its own.
+            identity = self._session.identity if trainer.global_rank == 0 else None
+            adopted = trainer.strategy.broadcast(identity, src=0)
+            assert adopted is not None
+            self._session.adopt(adopted)
         if trainer.global_rank == 0:
             self._session.ensure_running()
+            if trainer.state.fn == "fit":
+                self._session.begin_fit()
+            self._seed_axes()
             self._send_axis_tags()
+
+    def _start_over(self) -> None:
+        """A fresh fit after a finished one: a new run if this logger created the last one, else one warning."""
+        self._fit_ended = False
+        if self._session.origin == "created":
+            self._session.start_new_run()
+            self._axes.reset()
+            self._axis_tags_sent = None
+            self._axes_seeded = False
+            self._changed_params = {}
+        else:
+            self._warn_once(
+                "refit",
+                f"A new fit from step 0 logs into run {self._session.run_id}, which already holds a fit: points at "
+                "the same steps are stored twice. Create a new MLflowLogger (or end the run) for a separate run.",
+            )
+
+    def _seed_axes(self) -> None:
+        if not self._axes_seeded:
+            self._axes_seeded = True
+            keys = self._session.initial_tags.get(EPOCH_AXIS_KEYS_TAG, "")
+            self._axes.seed([key for key in keys.split(",") if key])
 
     def _set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
         self._at_epoch_end = at_epoch_end

@@ -8,10 +8,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
-import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import mlflow
@@ -22,7 +22,12 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from lightning_mlflow_ext.errors import DeletedExperimentError, DeletedRunError, RunNotFoundError
+from lightning_mlflow_ext.errors import (
+    DeletedExperimentError,
+    DeletedRunError,
+    LightningMLflowError,
+    RunNotFoundError,
+)
 from lightning_mlflow_ext.journal import Header, Journal, journal_path
 from lightning_mlflow_ext.tracking import probe_server
 from lightning_mlflow_ext.transport import MetricPoint, make_transport
@@ -34,9 +39,14 @@ DEFAULT_EXPERIMENT_NAME = "lightning_logs"
 TAG_PREFIX = "lightning_mlflow_ext."
 #: Set on runs this package created, so another process can tell who ends the run.
 OWNER_TAG = TAG_PREFIX + "owner"
+OWNER = "lightning-mlflow-ext"
 
 FinalStatus = Literal["FINISHED", "FAILED", "KILLED"]
 Origin = Literal["created", "run_id", "active_run", "env_run_id"]
+
+
+def _always() -> bool:
+    return True
 
 
 class RunSession:
@@ -60,6 +70,7 @@ class RunSession:
         server_wait: float = 30.0,
         save_dir: str = ".",
         flush_timeout: float = 60.0,
+        may_create: Callable[[], bool] = _always,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.save_dir = save_dir
@@ -82,6 +93,10 @@ class RunSession:
         self._running = False
         self._lock = threading.RLock()
         self._logged_params: dict[str, str] | None = None
+        self._initial_tags: dict[str, str] = {}
+        self._found_status: str | None = None
+        self._worst_status: FinalStatus | None = None
+        self._may_create = may_create
 
     # ---- identity ---------------------------------------------------------------------------
 
@@ -129,11 +144,37 @@ class RunSession:
     def origin(self) -> Origin | None:
         return self._origin
 
-    def adopt_run_id(self, run_id: str) -> None:
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """(run id, experiment id, experiment name): what another process needs to log into this run."""
+        return self.run_id, self.experiment_id, self.experiment_name
+
+    def adopt(self, identity: tuple[str, str, str]) -> None:
         """Use a run another process resolved (DDP ranks other than 0); never creates or ends it."""
         with self._lock:
             if self._run_id is None:
-                self._run_id = run_id
+                self._run_id, self._experiment_id, self._resolved_experiment_name = identity
+
+    @property
+    def initial_tags(self) -> dict[str, str]:
+        """The tags an attached run already had when this session found it (empty for a created run)."""
+        return self._initial_tags
+
+    def begin_fit(self) -> None:
+        """A fit (new or resumed) starts: an earlier failure of this run no longer decides its final status."""
+        self._worst_status = None
+
+    def start_new_run(self) -> None:
+        """Forget the current (ended) run: the next write creates a new one. Only for runs this session created."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.park()
+            self._writer = None
+            self._run_id = self._experiment_id = self._resolved_experiment_name = None
+            self._origin = None
+            self._owns_run = self._running = False
+            self._logged_params = None
+            self._worst_status = None
 
     # ---- resolution -------------------------------------------------------------------------
 
@@ -144,6 +185,12 @@ class RunSession:
             probe_server(self.tracking_uri, self._server_wait)
             run, origin = self._find_run()
             if run is None:
+                if not self._may_create():
+                    raise LightningMLflowError(
+                        "This process is not global rank 0, and the run is not known here yet: rank 0 creates it "
+                        "and hands its id to the other ranks when the Trainer sets up. Read the logger's run id, "
+                        "name or version after trainer.fit() has started, or pass run_id (or MLFLOW_RUN_ID)."
+                    )
                 run = self._create_run()
                 origin = "created"
             assert origin is not None
@@ -154,9 +201,10 @@ class RunSession:
             if origin == "created":
                 self._owns_run = True
                 self._running = True
+                _open_sessions.add(self)
             else:
+                self._initial_tags = dict(run.data.tags)
                 self._attach(run)
-            _live_sessions.add(self)
             if journal_path(self.save_dir, self._run_id).exists():
                 _ = self.writer  # an earlier process left undelivered writes: replay them now
 
@@ -230,7 +278,7 @@ class RunSession:
     def _create_run(self) -> Run:
         experiment_id = self._experiment_id_for_new_run()
         tags = dict(self._tags)
-        tags[OWNER_TAG] = "lightning-mlflow-ext"
+        tags[OWNER_TAG] = OWNER
         if self._parent_run_id:
             self._get_existing_run(self._parent_run_id, "parent_run_id")
             tags[MLFLOW_PARENT_RUN_ID] = self._parent_run_id
@@ -244,10 +292,14 @@ class RunSession:
             self._owns_run = False
             self._running = True
         else:
-            # A finished run being continued: it is RUNNING while we log, then gets its final status back.
+            # An ended run being continued is RUNNING while we log. A run of this package's then ends the
+            # usual way; anyone else's gets back the status it was found in (unless this session fails).
             self._owns_run = True
+            if run.data.tags.get(OWNER_TAG) != OWNER:
+                self._found_status = status
             self.client.update_run(run.info.run_id, status="RUNNING")
             self._running = True
+            _open_sessions.add(self)
         tags = dict(self._tags)
         if self._run_name:
             tags[MLFLOW_RUN_NAME] = self._run_name
@@ -287,6 +339,7 @@ class RunSession:
         with self._lock:
             if not self._running and self._owns_run:
                 self.writer.set_status("RUNNING")
+                _open_sessions.add(self)
             self._running = True
 
     def log_metrics(self, points: list[MetricPoint]) -> None:
@@ -328,9 +381,15 @@ class RunSession:
         if self._run_id is None:
             return DeliveryReport()
         with self._lock:
+            if status != "FINISHED":
+                self._worst_status = status
             if self._running and self._owns_run:
-                self.writer.set_status(status, int(time.time() * 1000))
+                # A failed fit stays FAILED through a later successful test(); someone else's run gets its
+                # own status back.
+                final = self._worst_status or self._found_status or status
+                self.writer.set_status(final, int(time.time() * 1000))
             self._running = False
+            _open_sessions.discard(self)
         report = self.flush(self._flush_timeout if timeout is None else timeout)
         if report.pending and self._writer is not None:
             parked = self._writer.park()
@@ -340,6 +399,10 @@ class RunSession:
     # ---- pickling (a Trainer holding the logger can be pickled, ddp_spawn) -------------------
 
     def __getstate__(self) -> dict[str, object]:
+        if self._run_id is None and self._may_create():
+            # ddp_spawn pickles the logger for its workers: they must all log into one run that this
+            # (main) process knows too, so the run is resolved before the copy is made.
+            self._resolve()
         state = self.__dict__.copy()
         state["_client"] = None
         state["_writer"] = None
@@ -349,16 +412,33 @@ class RunSession:
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        if self._running and self._owns_run:
+            _open_sessions.add(self)
 
 
-_live_sessions: weakref.WeakSet[RunSession] = weakref.WeakSet()
+#: Sessions whose run is RUNNING because of them; strong references, so a logger dropped without
+#: finalize() still gets its writes delivered (or journaled) and its run ended at exit.
+_open_sessions: set[RunSession] = set()
 
 
 @atexit.register
 def _end_runs_left_open() -> None:
     """No run this package opened stays RUNNING after the interpreter exits."""
-    for session in list(_live_sessions):
+    uncaught = getattr(sys, "last_value", None)
+    status: FinalStatus = "FINISHED"
+    if isinstance(uncaught, KeyboardInterrupt):
+        status = "KILLED"
+    elif uncaught is not None:
+        status = "FAILED"
+    for session in list(_open_sessions):
         try:
-            session.end("FINISHED", timeout=30)
+            report = session.end(status, timeout=30)
+            if report.pending:
+                log.warning(
+                    "MLflow run %s: %d points are not delivered; deliver them with: lightning-mlflow sync %s",
+                    session._run_id,
+                    report.pending,
+                    report.journal,
+                )
         except Exception as exc:  # at exit, report and carry on with the next run
             log.warning("Could not end MLflow run %s at exit: %s", session._run_id, exc)
