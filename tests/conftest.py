@@ -45,6 +45,8 @@ from mlflow_server import (  # noqa: F401  (re-exported: ``from conftest import 
     _port_is_bindable,
 )
 
+from lightning_mlflow_ext.session import end_open_runs
+
 # --------------------------------------------------------------------------- server (see mlflow_server.py)
 
 
@@ -86,6 +88,9 @@ def _isolate_mlflow_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iter
     for name in _MLFLOW_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     yield
+    # A test that used a logger without a Trainer leaves its run open, as a script would until exit:
+    # end it while this test's store is still there (the process-exit path has tests of its own).
+    end_open_runs("FINISHED")
     for _ in range(100):  # bounded: never loop forever on a broken store
         if mlflow.active_run() is None:
             break

@@ -116,9 +116,10 @@ def test_tags_are_rendered_and_cleaned(tracking_uri, client, experiment_name):
     logger = MLflowLogger(
         experiment_name=experiment_name,
         tracking_uri=tracking_uri,
-        tags={"team": "vision", "epochs": 3, "source": "https://x:tok@example.com/a.git"},
+        tags={"team": "vision", "epochs": 3, "source": "https://x:tok@example.com/a.git", "hf_token": "hf_x"},
     )
     tags = client.get_run(logger.run_id).data.tags
+    assert tags["hf_token"] == "[redacted]"
     assert tags["team"] == "vision"
     assert tags["epochs"] == "3"
     assert "tok@" not in tags["source"]

@@ -117,3 +117,52 @@ def test_synchronous_mode_writes_before_returning(tracking_uri, client, experime
 def test_bad_arguments_are_refused_at_construction(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         MLflowLogger(**bad)
+
+
+def test_sanity_check_does_not_move_step_metrics_to_the_epoch_axis(tracking_uri, client, experiment_name):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    trainer = make_trainer(logger, num_sanity_val_steps=2, callbacks=[LearningRateMonitor(logging_interval="step")])
+    trainer.fit(TinyModel(), TinyData())
+    assert steps(client, logger.run_id, "lr-SGD") == list(range(2 * STEPS_PER_EPOCH))
+    assert steps(client, logger.run_id, "val_loss") == [0, 1]
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """A stream of unknown length, as from a data loader over a bucket."""
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(64):
+            yield torch.randn(8, generator=generator), torch.randn(1, generator=generator)
+
+
+def test_streaming_data_validated_every_n_batches_keeps_one_point_per_step(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    data = TinyData()
+    data.setup("fit")
+    train = torch.utils.data.DataLoader(Stream(), batch_size=8)
+    make_trainer(logger, max_epochs=1, val_check_interval=3).fit(TinyModel(), train, data.val_dataloader())
+    val_steps = steps(client, logger.run_id, "val_loss")
+    assert len(val_steps) == 2 and len(set(val_steps)) == 2, val_steps
+
+
+def test_prefix_keeps_one_epoch_point_per_step(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, prefix="fold1")
+    make_trainer(logger).fit(TinyModel(), TinyData())
+    epoch_steps = steps(client, logger.run_id, "fold1-epoch")
+    assert len(epoch_steps) == len(set(epoch_steps))
+    assert steps(client, logger.run_id, "fold1-val_loss") == [0, 1]
+
+
+def test_testing_twice_at_one_epoch_keeps_both_points_and_says_so(tracking_uri, client, experiment_name, caplog):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    trainer = make_trainer(logger)
+    model, data = TinyModel(), TinyData()
+    trainer.fit(model, data)
+    with caplog.at_level(logging.WARNING):
+        trainer.test(model, data)
+        trainer.test(model, data)
+    assert steps(client, logger.run_id, "test_loss") == [2, 2]
+    assert sum("second point at an epoch" in r.getMessage() for r in caplog.records) == 1

@@ -275,3 +275,81 @@ def test_sigterm_marks_the_run_killed(tracking_uri, client, experiment_name, tmp
     run = client.get_run(printed_run_id(done.stdout))
     assert run.info.status == "KILLED"
     assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) >= 3
+
+
+def test_a_second_fresh_fit_with_the_same_logger_starts_a_new_run(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    make_trainer(logger).fit(TinyModel(), TinyData())
+    first = logger.run_id
+    make_trainer(logger).fit(TinyModel(), TinyData())  # a notebook cell run again
+    assert logger.run_id != first
+    for run in runs_in(client, experiment_name):
+        assert run.info.status == "FINISHED"
+        assert steps_of(client, run.info.run_id, "train_loss_step") == list(range(16))
+    assert len(runs_in(client, experiment_name)) == 2
+
+
+def test_a_failed_fit_stays_failed_through_a_later_test(tracking_uri, client, experiment_name):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    trainer = make_trainer(logger)
+    model, data = TinyModel(fail_at_step=3), TinyData()
+    with pytest.raises(RuntimeError):
+        trainer.fit(model, data)
+    trainer.test(model, data)
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FAILED"
+    assert "test_loss" in run.data.metrics
+
+
+def test_someone_elses_ended_run_gets_its_status_back(tracking_uri, client, experiment_name):
+    experiment_id = client.create_experiment(experiment_name)
+    theirs = client.create_run(experiment_id).info.run_id
+    client.set_terminated(theirs, status="KILLED")
+    logger = MLflowLogger(tracking_uri=tracking_uri, run_id=theirs)
+    make_trainer(logger).test(TinyModel(), TinyData())
+    run = client.get_run(theirs)
+    assert run.info.status == "KILLED"
+    assert "test_loss" in run.data.metrics
+
+
+def test_a_logger_dropped_without_finalize_still_delivers_and_ends_its_run(
+    tracking_uri, client, experiment_name, tmp_path
+):
+    done = _run_script(
+        f"""
+        import gc, sys
+        from lightning_mlflow_ext import MLflowLogger
+
+        def log_some() -> str:
+            logger = MLflowLogger(experiment_name={experiment_name!r}, tracking_uri=sys.argv[1])
+            for step in range(500):
+                logger.log_metrics({{"loss": 1.0 / (step + 1)}}, step=step)
+            return logger.run_id
+
+        print(log_some())
+        gc.collect()
+        """,
+        tracking_uri,
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = printed_run_id(done.stdout)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert steps_of(client, run_id, "loss") == list(range(500))
+
+
+def test_an_uncaught_exception_outside_a_trainer_leaves_the_run_failed(tracking_uri, client, experiment_name, tmp_path):
+    done = _run_script(
+        f"""
+        import sys
+        from lightning_mlflow_ext import MLflowLogger
+        logger = MLflowLogger(experiment_name={experiment_name!r}, tracking_uri=sys.argv[1])
+        logger.log_metrics({{"loss": 1.0}}, step=0)
+        print(logger.run_id, flush=True)
+        raise RuntimeError("data loader broke")
+        """,
+        tracking_uri,
+        str(tmp_path),
+    )
+    assert "data loader broke" in done.stderr
+    assert client.get_run(printed_run_id(done.stdout)).info.status == "FAILED"

@@ -373,7 +373,7 @@ class RunSession:
             return DeliveryReport()
         return self._writer.flush(timeout)
 
-    def end(self, status: FinalStatus, timeout: float | None = None) -> DeliveryReport:
+    def end(self, status: FinalStatus, timeout: float | None = None, *, at_exit: bool = False) -> DeliveryReport:
         """Give an owned run its final status after everything queued, and wait for delivery.
 
         A borrowed run stays open. What the store does not take within the wait stays in the journal.
@@ -390,7 +390,10 @@ class RunSession:
                 self.writer.set_status(final, int(time.time() * 1000))
             self._running = False
             _open_sessions.discard(self)
-        report = self.flush(self._flush_timeout if timeout is None else timeout)
+        report = DeliveryReport()
+        if self._writer is not None:
+            wait = self._flush_timeout if timeout is None else timeout
+            report = self._writer.flush(wait, unless_unreachable=at_exit)
         if report.pending and self._writer is not None:
             parked = self._writer.park()
             report.pending, report.journal = parked.pending, parked.journal
@@ -430,9 +433,14 @@ def _end_runs_left_open() -> None:
         status = "KILLED"
     elif uncaught is not None:
         status = "FAILED"
+    end_open_runs(status)
+
+
+def end_open_runs(status: FinalStatus) -> None:
+    """End every run still open because of a session of this process (at exit, or between notebook cells)."""
     for session in list(_open_sessions):
         try:
-            report = session.end(status, timeout=30)
+            report = session.end(status, timeout=30, at_exit=True)
             if report.pending:
                 log.warning(
                     "MLflow run %s: %d points are not delivered; deliver them with: lightning-mlflow sync %s",

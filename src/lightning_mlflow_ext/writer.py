@@ -147,8 +147,11 @@ class RunWriter:
 
     # ---- waiting --------------------------------------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> DeliveryReport:
-        """Wait until everything queued so far is delivered or refused, at most ``timeout`` seconds."""
+    def flush(self, timeout: float | None = None, *, unless_unreachable: bool = False) -> DeliveryReport:
+        """Wait until everything queued so far is delivered or refused, at most ``timeout`` seconds.
+
+        ``unless_unreachable``: stop waiting as soon as the store is known to be unreachable (at exit).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             target = self._enqueued
@@ -160,6 +163,8 @@ class RunWriter:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
+                if unless_unreachable and self._unreachable_since is not None:
+                    break
                 self._progress.wait(1.0 if remaining is None else min(remaining, 1.0))
         return self._take_report()
 
@@ -170,6 +175,10 @@ class RunWriter:
             self._park.set()
             self._wake.set()
             thread.join(timeout)
+            if thread.is_alive():
+                # A request is still hanging: leave memory and journal alone rather than race the worker.
+                log.warning("MLflow run %s: the writer did not stop within %.0f s", self._run_id, timeout)
+                return self._take_report()
         with self._lock:
             front = [] if self._inflight_from_journal else list(self._inflight)
             front.extend(self._queue)
@@ -189,10 +198,7 @@ class RunWriter:
         return report
 
     def _pending_points(self) -> int:
-        in_memory = sum(r.size for r in self._queue) + sum(r.size for r in self._inflight)
-        if self._inflight_from_journal:
-            in_memory -= sum(r.size for r in self._inflight)
-        return in_memory + (self._journal.pending_points() if self._journal.pending else 0)
+        return max(self._enqueued - self._done, 0)
 
     # ---- worker side ----------------------------------------------------------------------------
 
