@@ -69,7 +69,7 @@ class RunWriter:
         synchronous: bool = False,
         synchronous_timeout: float = 60.0,
         flush_interval: float = 1.0,
-        max_queued_points: int = 100_000,
+        max_queued_points: int = 250_000,
         retry_delays: tuple[float, float] = (0.25, 10.0),
     ) -> None:
         self._transport = transport
