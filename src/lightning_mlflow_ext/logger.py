@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
+from lightning_mlflow_ext.checkpoints import PARTIAL_TAG, CheckpointMirror
 from lightning_mlflow_ext.keys import (
     NameMapper,
     redact_secrets,
@@ -37,7 +39,6 @@ from lightning_mlflow_ext.writer import MetricPoint
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ class MLflowLogger(Logger):
         tags: tags set on the run (values rendered as text, secret-looking values redacted).
         save_dir: local folder for this logger's files (checkpoints go to ``save_dir/name/version``);
             default the folder of a ``file:`` store, else the working directory.
-        log_model: Lightning's checkpoint modes ``False | True | "all"``.
+        log_model: Lightning's modes: ``True`` uploads the checkpoints of every ``ModelCheckpoint`` at the end
+            of training (and every one as it is saved when ``save_top_k=-1``), ``"all"`` uploads each as it is
+            saved, ``False`` none. Uploads run in the background, under ``checkpoints/<callback key>/``.
         prefix: put in front of every metric key, joined with ``-``.
         artifact_location: artifact root of a newly created experiment.
         run_id: log into this existing run. An unknown id is an error, never a new run.
@@ -143,19 +146,12 @@ class MLflowLogger(Logger):
             may_create=_is_global_rank_zero,
         )
         self._log_model = log_model
-        if log_model:
-            # Accepted so that a migration from Lightning's logger is an import change; uploads come next.
-            log.warning(
-                "MLflowLogger(log_model=%r): checkpoint upload is not in this version yet; checkpoints stay "
-                "in the local folder logger.log_dir.",
-                log_model,
-            )
         self._prefix = prefix
         self._axes = StepAxes(step_axis)
         self._metric_names = NameMapper()
         self._param_names = NameMapper()
         self._warned: set[str] = set()
-        self._checkpoint_callbacks: dict[int, ModelCheckpoint] = {}
+        self._mirror: CheckpointMirror | None = None
         self._trainer: pl.Trainer | None = None
         self._at_epoch_end = False
         self._epoch_axis_allowed = True
@@ -337,8 +333,19 @@ class MLflowLogger(Logger):
     # ---- lifecycle ----------------------------------------------------------------------------
 
     @override
+    @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
-        self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+        if self._log_model == "all" or (self._log_model is True and checkpoint_callback.save_top_k == -1):
+            self._mirror_checkpoints([checkpoint_callback])
+
+    def _mirror_checkpoints(self, callbacks: list[ModelCheckpoint]) -> None:
+        if self._mirror is None:
+            self._mirror = CheckpointMirror(self._session.uploader, self._session.set_tags)
+        trainer = self._trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        step = trainer.global_step if trainer is not None else 0
+        for callback in callbacks:
+            self._mirror.sync(callback, epoch, step, dataset_digests={})
 
     @override
     def save(self) -> None:
@@ -380,6 +387,7 @@ class MLflowLogger(Logger):
             final = "KILLED"
         else:
             final = "FAILED"
+        self._finish_checkpoints(final)
         report = self._session.end(final)
         if report.pending:
             log.warning(
@@ -399,6 +407,24 @@ class MLflowLogger(Logger):
                 "; ".join(report.errors[:3]),
             )
         self._interrupted = False
+
+    def _finish_checkpoints(self, final: FinalStatus) -> None:
+        """Upload what the checkpoint callbacks hold now (log_model=True), and wait for every upload."""
+        trainer = self._trainer
+        if not self._log_model or trainer is None or trainer.state.fn != "fit":
+            return
+        self._mirror_checkpoints([cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)])
+        if final != "FINISHED":
+            self._session.set_tags({PARTIAL_TAG: "true"})  # a failed fit: what was saved, not a full set
+        report = self._session.uploader.flush(self._session.flush_timeout)
+        if report.failed or report.pending:
+            log.warning(
+                "MLflow run %s: %d checkpoint uploads failed and %d are still running: %s",
+                self._session.run_id,
+                len(report.failed),
+                report.pending,
+                "; ".join(report.failed[:3]),
+            )
 
     def _send_axis_tags(self) -> None:
         keys = tuple(self._axes.epoch_keys)
@@ -469,5 +495,5 @@ class MLflowLogger(Logger):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_trainer"] = None  # the trainer holds this logger; it binds again at setup
-        state["_checkpoint_callbacks"] = {}
+        state["_mirror"] = None
         return state

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Literal
 
 import mlflow
@@ -22,6 +23,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from lightning_mlflow_ext.artifacts import ArtifactUploader
 from lightning_mlflow_ext.errors import (
     DeletedExperimentError,
     DeletedRunError,
@@ -85,6 +87,7 @@ class RunSession:
         self._server_wait = server_wait
         self._client: MlflowClient | None = None
         self._writer: RunWriter | None = None
+        self._uploader: ArtifactUploader | None = None
         self._run_id: str | None = None
         self._experiment_id: str | None = None
         self._resolved_experiment_name: str | None = None
@@ -170,6 +173,7 @@ class RunSession:
             if self._writer is not None:
                 self._writer.park()
             self._writer = None
+            self._uploader = None
             self._run_id = self._experiment_id = self._resolved_experiment_name = None
             self._origin = None
             self._owns_run = self._running = False
@@ -323,6 +327,15 @@ class RunSession:
                     )
         return self._writer
 
+    @property
+    def uploader(self) -> ArtifactUploader:
+        """Background uploads into this run (checkpoints, figures)."""
+        if self._uploader is None:
+            run_id = self.run_id
+            staging = Path(self.save_dir) / ".mlflow-uploads"
+            self._uploader = ArtifactUploader(self.client, run_id, self.tracking_uri, staging)
+        return self._uploader
+
     def _journal(self, run_id: str) -> Journal:
         """This run's journal; one left by an earlier process on the same save_dir is replayed first."""
         path = journal_path(self.save_dir, run_id)
@@ -409,6 +422,7 @@ class RunSession:
         state = self.__dict__.copy()
         state["_client"] = None
         state["_writer"] = None
+        state["_uploader"] = None
         state["_lock"] = None
         return state
 

@@ -1,0 +1,143 @@
+"""Background uploads to a run's artifact store: files (from a snapshot), small texts, and removals.
+
+The training thread only takes a hard-link snapshot and queues; one worker uploads in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UploadReport:
+    failed: list[str] = field(default_factory=list)
+    pending: int = 0
+
+
+def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def snapshot(path: str | os.PathLike[str], staging: Path) -> Path:
+    """A private copy of ``path`` that survives Lightning replacing or deleting the original.
+
+    A hard link costs nothing (Lightning writes checkpoints by rename, so the linked inode never changes);
+    a copy is the fallback where links are not possible (another file system).
+    """
+    target = staging / uuid.uuid4().hex / Path(path).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copy2(path, target)
+    return target
+
+
+class ArtifactUploader:
+    """Runs upload jobs for one run in a background thread, in the order they were queued."""
+
+    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str, staging: Path) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._tracking_uri = tracking_uri
+        self.staging = staging
+        self._jobs: deque[tuple[str, Callable[[], None]]] = deque()
+        self._cond = threading.Condition()
+        self._queued = 0
+        self._done = 0
+        self._report = UploadReport()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, description: str, job: Callable[[], None]) -> None:
+        with self._cond:
+            self._jobs.append((description, job))
+            self._queued += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name=f"mlflow-uploads-{self._run_id[:8]}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def upload_with_metadata(
+        self, local: Path, artifact_dir: str, metadata: dict[str, Any], uploaded: dict[str, str]
+    ) -> None:
+        """Upload a snapshot unless the run already holds the same bytes there, then a metadata JSON beside it.
+
+        ``uploaded`` maps artifact paths to the sha256 last uploaded; the snapshot is removed afterwards.
+        """
+        artifact_path = f"{artifact_dir}/{local.name}"
+
+        def job() -> None:
+            try:
+                digest = sha256_of(local)
+                metadata["sha256"] = digest
+                if uploaded.get(artifact_path) != digest:
+                    self._client.log_artifact(self._run_id, str(local), artifact_dir)
+                    uploaded[artifact_path] = digest
+                self._client.log_text(self._run_id, json.dumps(metadata, indent=2), artifact_path + ".json")
+            finally:
+                shutil.rmtree(local.parent, ignore_errors=True)
+
+        self.submit(f"upload {artifact_path}", job)
+
+    def upload_text(self, text: str, artifact_file: str) -> None:
+        self.submit(f"write {artifact_file}", lambda: self._client.log_text(self._run_id, text, artifact_file))
+
+    def delete(self, artifact_path: str, on_unsupported: Callable[[], None]) -> None:
+        """Remove an artifact where the store supports it; otherwise call ``on_unsupported``."""
+
+        def job() -> None:
+            artifact_uri = self._client.get_run(self._run_id).info.artifact_uri
+            repository = get_artifact_repository(artifact_uri, tracking_uri=self._tracking_uri)
+            try:
+                repository.delete_artifacts(artifact_path)  # type: ignore[no-untyped-call]
+            except (NotImplementedError, AttributeError):
+                on_unsupported()
+
+        self.submit(f"delete {artifact_path}", job)
+
+    def flush(self, timeout: float | None = None) -> UploadReport:
+        with self._cond:
+            target = self._queued
+            self._cond.wait_for(lambda: self._done >= target, timeout)
+            report, self._report = self._report, UploadReport()
+            report.pending = self._queued - self._done
+        return report
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._jobs and not self._cond.wait_for(lambda: bool(self._jobs), timeout=30):
+                    self._thread = None  # idle: the next submit starts a new worker
+                    return
+                description, job = self._jobs.popleft()
+            try:
+                job()
+            except Exception as exc:  # one failed upload must not stop the ones after it
+                log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
+                with self._cond:
+                    self._report.failed.append(f"{description}: {exc}")
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()

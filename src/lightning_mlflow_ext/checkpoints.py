@@ -1,0 +1,135 @@
+"""Mirrors the files of every ``ModelCheckpoint`` into the run, under ``checkpoints/<callback key>/``.
+
+Each file gets a metadata JSON beside it; files Lightning prunes are removed (or marked stale) in the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lightning_mlflow_ext.artifacts import ArtifactUploader, snapshot
+from lightning_mlflow_ext.session import TAG_PREFIX
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+ROOT = "checkpoints"
+PARTIAL_TAG = TAG_PREFIX + "checkpoints_partial"
+
+
+def callback_key(callback: ModelCheckpoint) -> str:
+    """A stable, readable key per callback: what it monitors, else how often it saves."""
+    if callback.monitor:
+        base = callback.monitor
+    elif callback._every_n_train_steps:
+        base = f"every-{callback._every_n_train_steps}-steps"
+    elif callback._every_n_epochs and callback._every_n_epochs != 1:
+        base = f"every-{callback._every_n_epochs}-epochs"
+    else:
+        base = "latest"
+    return re.sub(r"[^\w.\-]+", "_", base)
+
+
+@dataclass
+class MirroredFile:
+    artifact_path: str
+    stat: tuple[int, int]  # (mtime_ns, size) of the local file when it was snapshotted
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckpointMirror:
+    """What of each callback's files is in the run, and the jobs that keep it in step."""
+
+    def __init__(self, uploader: ArtifactUploader, set_tags: Any) -> None:
+        self._uploader = uploader
+        self._set_tags = set_tags
+        self._keys: dict[str, str] = {}  # callback identity -> key
+        self._files: dict[str, MirroredFile] = {}  # local path -> what is in the run
+        self._sha: dict[str, str] = {}  # artifact path -> sha256 last uploaded
+
+    def key_for(self, callback: ModelCheckpoint) -> str:
+        identity = f"{callback.dirpath}|{callback.state_key}"
+        if identity not in self._keys:
+            key = callback_key(callback)
+            taken = set(self._keys.values())
+            n = 2
+            while key in taken:
+                key = f"{callback_key(callback)}-{n}"
+                n += 1
+            self._keys[identity] = key
+        return self._keys[identity]
+
+    def sync(self, callback: ModelCheckpoint, epoch: int, global_step: int, dataset_digests: dict[str, str]) -> None:
+        """Bring the run in step with the callback's files now: upload new or changed ones, drop pruned ones."""
+        key = self.key_for(callback)
+        wanted = {
+            path for path in [*callback.best_k_models, callback.last_model_path, callback.best_model_path] if path
+        }
+        for path in sorted(wanted):
+            if not os.path.exists(path):
+                continue
+            stat = os.stat(path)
+            current = (stat.st_mtime_ns, stat.st_size)
+            known = self._files.get(path)
+            if known is not None and known.stat == current:
+                continue
+            artifact_dir = f"{ROOT}/{key}"
+            score = callback.best_k_models.get(path)
+            metadata = {
+                "file": os.path.basename(path),
+                "callback": key,
+                "monitor": callback.monitor,
+                "mode": callback.mode,
+                "score": None if score is None else float(score),
+                "epoch": epoch,
+                "global_step": global_step,
+                "size": stat.st_size,
+                "dataset_digests": dataset_digests,
+                "saved_at": int(time.time() * 1000),
+                "stale": False,
+            }
+            self._files[path] = MirroredFile(f"{artifact_dir}/{os.path.basename(path)}", current, metadata)
+            self._uploader.upload_with_metadata(
+                snapshot(path, self._uploader.staging), artifact_dir, metadata, self._sha
+            )
+        for path in [
+            p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(f"{ROOT}/{key}/")
+        ]:
+            if os.path.exists(path):
+                continue  # still on disk (e.g. saved by hand): keep it in the run too
+            self._forget(path)
+        self._tag(callback, key)
+
+    def _forget(self, path: str) -> None:
+        mirrored = self._files.pop(path)
+        self._sha.pop(mirrored.artifact_path, None)
+
+        def mark_stale() -> None:
+            mirrored.metadata["stale"] = True
+            self._uploader.upload_text(json.dumps(mirrored.metadata, indent=2), mirrored.artifact_path + ".json")
+
+        self._uploader.delete(mirrored.artifact_path, on_unsupported=mark_stale)
+        self._uploader.delete(mirrored.artifact_path + ".json", on_unsupported=lambda: None)
+
+    def _tag(self, callback: ModelCheckpoint, key: str) -> None:
+        tags: dict[str, str] = {}
+        prefix = f"{TAG_PREFIX}checkpoint.{key}."
+        best = self._files.get(callback.best_model_path) if callback.best_model_path else None
+        if best is not None:
+            tags[prefix + "best"] = best.artifact_path
+            if callback.best_model_score is not None:
+                tags[prefix + "best_score"] = repr(float(callback.best_model_score))
+        latest = max(
+            (f for p, f in self._files.items() if f.artifact_path.startswith(f"{ROOT}/{key}/")),
+            key=lambda f: f.metadata["saved_at"],
+            default=None,
+        )
+        if latest is not None:
+            tags[prefix + "latest"] = latest.artifact_path
+        if tags:
+            self._set_tags(tags)

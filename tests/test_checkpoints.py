@@ -1,0 +1,90 @@
+"""Checkpoints of every ModelCheckpoint, as a user finds them in the run's artifacts and tags."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny import TinyData, TinyModel, make_trainer
+
+from lightning_mlflow_ext import MLflowLogger
+
+TAG = "lightning_mlflow_ext.checkpoint."
+
+
+def sha256(path: str) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def listing(client, run_id: str, path: str) -> list[str]:
+    return sorted(os.path.basename(f.path) for f in client.list_artifacts(run_id, path))
+
+
+def metadata(client, run_id: str, artifact_path: str, tmp_path) -> dict:
+    local = client.download_artifacts(run_id, artifact_path + ".json", str(tmp_path / "meta"))
+    with open(local) as handle:
+        return json.load(handle)
+
+
+def two_callbacks(folder):
+    best = ModelCheckpoint(dirpath=folder / "best", monitor="val_loss", mode="min", save_top_k=1)
+    every = ModelCheckpoint(dirpath=folder / "every", every_n_epochs=2, save_top_k=-1)
+    return best, every
+
+
+def test_every_callback_is_mirrored_with_metadata_tags_and_pruning(tracking_uri, client, experiment_name, tmp_path):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, log_model="all")
+    best, every = two_callbacks(tmp_path / "ckpt")
+    trainer = make_trainer(logger, max_epochs=4, enable_checkpointing=True, callbacks=[best, every])
+    trainer.fit(TinyModel(lr=0.05), TinyData())
+    run_id = logger.run_id
+
+    assert listing(client, run_id, "checkpoints") == ["every-2-epochs", "val_loss"]
+    best_file = os.path.basename(best.best_model_path)
+    # save_top_k=1: the files Lightning deleted are gone from the run too.
+    assert listing(client, run_id, "checkpoints/val_loss") == [best_file, best_file + ".json"]
+    every_files = sorted(os.listdir(tmp_path / "ckpt" / "every"))
+    assert len(every_files) == 2
+    assert listing(client, run_id, "checkpoints/every-2-epochs") == sorted(
+        every_files + [f + ".json" for f in every_files]
+    )
+
+    meta = metadata(client, run_id, f"checkpoints/val_loss/{best_file}", tmp_path)
+    assert meta["sha256"] == sha256(best.best_model_path)
+    assert meta["size"] == os.path.getsize(best.best_model_path)
+    assert meta["monitor"] == "val_loss" and meta["mode"] == "min"
+    assert meta["score"] == pytest.approx(float(best.best_model_score))
+    assert meta["stale"] is False
+
+    tags = client.get_run(run_id).data.tags
+    assert tags[TAG + "val_loss.best"] == f"checkpoints/val_loss/{best_file}"
+    assert float(tags[TAG + "val_loss.best_score"]) == pytest.approx(float(best.best_model_score))
+    assert tags[TAG + "every-2-epochs.latest"] == f"checkpoints/every-2-epochs/{every_files[-1]}"
+    assert "lightning_mlflow_ext.checkpoints_partial" not in tags
+
+    uploaded = client.download_artifacts(run_id, f"checkpoints/val_loss/{best_file}", str(tmp_path / "dl"))
+    assert sha256(uploaded) == sha256(best.best_model_path)
+
+
+def test_log_model_true_uploads_at_the_end_and_a_failed_fit_says_partial(
+    tracking_uri, client, experiment_name, tmp_path
+):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True)
+    callback = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = make_trainer(logger, max_epochs=3, enable_checkpointing=True, callbacks=[callback])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(TinyModel(fail_at_step=12), TinyData())  # dies in epoch 1, after epoch 0 was saved
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["lightning_mlflow_ext.checkpoints_partial"] == "true"
+    files = listing(client, logger.run_id, "checkpoints/latest")
+    assert "last.ckpt" in files and "epoch=0-step=8.ckpt" in files
+
+
+def test_no_upload_without_log_model(tracking_uri, client, experiment_name, tmp_path):
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    make_trainer(logger, max_epochs=1, enable_checkpointing=True).fit(TinyModel(), TinyData())
+    assert client.list_artifacts(logger.run_id, "checkpoints") == []
