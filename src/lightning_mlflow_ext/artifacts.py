@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import shutil
 import threading
 import uuid
@@ -38,18 +39,22 @@ def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def snapshot(path: str | os.PathLike[str], staging: Path) -> Path:
-    """A private copy of ``path`` that survives Lightning replacing or deleting the original.
+def snapshot(path: str | os.PathLike[str], staging: Path, *, link: bool = False) -> Path:
+    """A private copy of ``path`` that survives the original being replaced or deleted before the upload.
 
-    A hard link costs nothing (Lightning writes checkpoints by rename, so the linked inode never changes);
-    a copy is the fallback where links are not possible (another file system).
+    ``link=True`` takes a hard link, which costs nothing: right for files replaced by rename or deleted
+    (Lightning's checkpoints, pruned by top-k), not for files rewritten in place. A copy is the fallback
+    where links are not possible (another file system).
     """
     target = staging / uuid.uuid4().hex / Path(path).name
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(path, target)
-    except OSError:
-        shutil.copy2(path, target)
+    if link:
+        try:
+            os.link(path, target)
+            return target
+        except OSError:
+            pass
+    shutil.copy2(path, target)
     return target
 
 
@@ -100,6 +105,35 @@ class ArtifactUploader:
                 shutil.rmtree(local.parent, ignore_errors=True)
 
         self.submit(f"upload {artifact_path}", job)
+
+    def upload_bytes(self, data: bytes, artifact_file: str) -> None:
+        staged = self.staging / uuid.uuid4().hex / posixpath.basename(artifact_file)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(data)
+        self.upload_snapshot(staged, posixpath.dirname(artifact_file) or None)
+
+    def upload_snapshot(self, local: Path, artifact_dir: str | None) -> None:
+        """Upload a snapshot (see ``snapshot``) into ``artifact_dir``, then remove it."""
+
+        def job() -> None:
+            try:
+                self._client.log_artifact(self._run_id, str(local), artifact_dir)
+            finally:
+                shutil.rmtree(local.parent, ignore_errors=True)
+
+        self.submit(f"upload {artifact_dir or '.'}/{local.name}", job)
+
+    def log_image(self, image: Any, key: str | None, step: int | None, artifact_file: str | None) -> None:
+        def job() -> None:
+            if artifact_file is not None:
+                self._client.log_image(self._run_id, image, artifact_file=artifact_file)
+            else:
+                self._client.log_image(self._run_id, image, key=key, step=step, synchronous=True)
+
+        self.submit(f"log image {key or artifact_file}", job)
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        self.submit(f"log table {artifact_file}", lambda: self._client.log_table(self._run_id, data, artifact_file))
 
     def upload_text(self, text: str, artifact_file: str) -> None:
         self.submit(f"write {artifact_file}", lambda: self._client.log_text(self._run_id, text, artifact_file))

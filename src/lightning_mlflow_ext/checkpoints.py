@@ -95,7 +95,7 @@ class CheckpointMirror:
             }
             self._files[path] = MirroredFile(f"{artifact_dir}/{os.path.basename(path)}", current, metadata)
             self._uploader.upload_with_metadata(
-                snapshot(path, self._uploader.staging), artifact_dir, metadata, self._sha
+                snapshot(path, self._uploader.staging, link=True), artifact_dir, metadata, self._sha
             )
         for path in [
             p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(f"{ROOT}/{key}/")

@@ -28,3 +28,7 @@ class TrackingServerUnavailableError(LightningMLflowError):
 
 class WriteRefusedError(LightningMLflowError):
     """With ``synchronous=True``: the tracking store refused a write (an invalid name or value)."""
+
+
+class InvalidArtifactPathError(LightningMLflowError, ValueError):
+    """An artifact name that is absolute, climbs out with ``..``, or has characters MLflow can't store."""

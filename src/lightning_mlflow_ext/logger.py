@@ -23,6 +23,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lightning_mlflow_ext.artifacts import snapshot
 from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
 from lightning_mlflow_ext.checkpoints import PARTIAL_TAG, CheckpointMirror
 from lightning_mlflow_ext.keys import (
@@ -33,6 +34,7 @@ from lightning_mlflow_ext.keys import (
     strip_url_credentials,
     truncate_value,
 )
+from lightning_mlflow_ext.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
 from lightning_mlflow_ext.session import TAG_PREFIX, FinalStatus, RunSession
 from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.writer import MetricPoint
@@ -332,6 +334,50 @@ class MLflowLogger(Logger):
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
+    # ---- figures and media (uploaded in the background; names are checked here) ------------------
+
+    @rank_zero_only
+    def log_figure(self, figure: Any, key: str, step: int | None = None, *, close: bool = True) -> None:
+        """A matplotlib or plotly figure, at ``figures/<key>.png`` or, with a step, ``figures/<key>/step_<n>.png``.
+
+        The figure is rendered now and (``close=True``) closed, so thousands of calls leak nothing.
+        """
+        artifact_path(key, what="figure key")
+        data, suffix = figure_bytes(figure, close=close)
+        name = f"figures/{key}{suffix}" if step is None else f"figures/{key}/step_{int(step):06d}{suffix}"
+        self._session.uploader.upload_bytes(data, name)
+
+    @rank_zero_only
+    def log_image(self, image: Any, key: str, step: int | None = None) -> None:
+        """A numpy array, PIL image or tensor: with a step, MLflow's step-keyed images; else ``images/<key>.png``."""
+        artifact_path(key, what="image key")
+        pixels = image_array(image)
+        if step is None:
+            self._session.uploader.log_image(pixels, None, None, f"images/{key}.png")
+        else:
+            self._session.uploader.log_image(pixels, key, int(step), None)
+
+    @rank_zero_only
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        """A dict of columns or a pandas DataFrame, as MLflow's JSON table ``artifact_file``."""
+        self._session.uploader.log_table(table_copy(data), artifact_path(artifact_file, what="table"))
+
+    @rank_zero_only
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._session.uploader.upload_text(str(text), artifact_path(artifact_file, what="text"))
+
+    @rank_zero_only
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        """As JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
+        name = artifact_path(artifact_file, what="dict")
+        self._session.uploader.upload_text(dict_text(data, name), name)
+
+    @rank_zero_only
+    def log_artifact(self, local_path: str | os.PathLike[str], artifact_dir: str | None = None) -> None:
+        """A local file, snapshotted now (so it may change or go away), uploaded into ``artifact_dir``."""
+        folder = None if artifact_dir is None else artifact_path(artifact_dir, what="artifact folder")
+        self._session.uploader.upload_snapshot(snapshot(local_path, self._session.uploader.staging), folder)
+
     @override
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
@@ -388,6 +434,7 @@ class MLflowLogger(Logger):
         else:
             final = "FAILED"
         self._finish_checkpoints(final)
+        self._wait_for_uploads()
         report = self._session.end(final)
         if report.pending:
             log.warning(
@@ -416,10 +463,14 @@ class MLflowLogger(Logger):
         self._mirror_checkpoints([cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)])
         if final != "FINISHED":
             self._session.set_tags({PARTIAL_TAG: "true"})  # a failed fit: what was saved, not a full set
+
+    def _wait_for_uploads(self) -> None:
+        if not self._session.has_uploader:
+            return
         report = self._session.uploader.flush(self._session.flush_timeout)
         if report.failed or report.pending:
             log.warning(
-                "MLflow run %s: %d checkpoint uploads failed and %d are still running: %s",
+                "MLflow run %s: %d uploads failed and %d are still running: %s",
                 self._session.run_id,
                 len(report.failed),
                 report.pending,

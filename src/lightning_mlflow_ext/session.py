@@ -328,6 +328,10 @@ class RunSession:
         return self._writer
 
     @property
+    def has_uploader(self) -> bool:
+        return self._uploader is not None
+
+    @property
     def uploader(self) -> ArtifactUploader:
         """Background uploads into this run (checkpoints, figures)."""
         if self._uploader is None:
