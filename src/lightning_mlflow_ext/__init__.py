@@ -1,19 +1,53 @@
-"""PyTorch Lightning logger that makes MLflow the record of a training run."""
+"""PyTorch Lightning logger that makes MLflow the record of a training run.
 
-from lightning_mlflow_ext.callback import MLflowCallback
-from lightning_mlflow_ext.errors import (
-    DeletedExperimentError,
-    DeletedRunError,
-    InvalidArtifactPathError,
-    LightningMLflowError,
-    RunNotFoundError,
-    TrackingServerUnavailableError,
-    WriteRefusedError,
-)
-from lightning_mlflow_ext.loading import load_checkpoint, load_model
-from lightning_mlflow_ext.logger import MLflowLogger
+The public names load on first use: MLflow imports this package's dataset sources (an entry point) on
+its own import, and that must not drag Lightning and torch into every process that imports MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "MLflowLogger": "lightning_mlflow_ext.logger",
+    "MLflowCallback": "lightning_mlflow_ext.callback",
+    "load_checkpoint": "lightning_mlflow_ext.loading",
+    "load_model": "lightning_mlflow_ext.loading",
+    "DeletedExperimentError": "lightning_mlflow_ext.errors",
+    "DeletedRunError": "lightning_mlflow_ext.errors",
+    "InvalidArtifactPathError": "lightning_mlflow_ext.errors",
+    "LightningMLflowError": "lightning_mlflow_ext.errors",
+    "RunNotFoundError": "lightning_mlflow_ext.errors",
+    "TrackingServerUnavailableError": "lightning_mlflow_ext.errors",
+    "WriteRefusedError": "lightning_mlflow_ext.errors",
+}
+
+if TYPE_CHECKING:
+    from lightning_mlflow_ext.callback import MLflowCallback
+    from lightning_mlflow_ext.errors import (
+        DeletedExperimentError,
+        DeletedRunError,
+        InvalidArtifactPathError,
+        LightningMLflowError,
+        RunNotFoundError,
+        TrackingServerUnavailableError,
+        WriteRefusedError,
+    )
+    from lightning_mlflow_ext.loading import load_checkpoint, load_model
+    from lightning_mlflow_ext.logger import MLflowLogger
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_mlflow_ext' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DeletedExperimentError",

@@ -89,6 +89,7 @@ class RunWriter:
         # Progress is counted in points (a status change counts one), which splitting a record preserves.
         self._enqueued = journal.pending_points() if journal.pending else 0
         self._done = 0
+        self._flush_target = 0  # a flush() waits until _done reaches this
         self._progress = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._park = threading.Event()
@@ -155,6 +156,7 @@ class RunWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             target = self._enqueued
+            self._flush_target = max(self._flush_target, target)
             if self._done < target and (self._thread is None or not self._thread.is_alive()):
                 self._start()
         self._wake.set()
@@ -207,20 +209,29 @@ class RunWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        everything = True
         while not self._park.is_set():
-            self._drain()
+            self._drain(everything)
             if self._park.is_set():
                 return
-            self._wake.wait(self._flush_interval)
+            # Woken early (1000 points waiting, or a flush): full batches. Woken by the clock: all there is.
+            everything = not self._wake.wait(self._flush_interval)
             self._wake.clear()
 
-    def _drain(self) -> None:
-        """Memory first (it is older than the journal while spilling), then the journal."""
+    def _drain(self, everything: bool) -> None:
+        """Send what is queued on a wake-up, then keep going only while full batches wait, a flush waits, or
+        a backlog is on disk: requests stay large (1000 points), which is what the server ingests fastest.
+
+        Memory goes first: while spilling, it is older than the journal.
+        """
         while not self._park.is_set():
             with self._lock:
-                records = list(self._queue)
-                self._queue.clear()
-                self._queued_points = 0
+                if everything or self._spilling or self._flush_target > self._done:
+                    records = list(self._queue)
+                    self._queue.clear()
+                    self._queued_points = 0
+                else:
+                    records = self._take_full_batches()
             if records:
                 self._inflight_from_journal = False
                 for record in records:
@@ -243,7 +254,21 @@ class RunWriter:
             with self._lock:
                 if not self._queue and self._journal.pending == 0:
                     self._spilling = False
-                    return
+            return
+
+    def _take_full_batches(self) -> list[Record]:
+        """Whole multiples of a request's worth of points from the queue (caller holds the lock)."""
+        want = (self._queued_points // MAX_METRICS_PER_BATCH) * MAX_METRICS_PER_BATCH
+        taken: list[Record] = []
+        while self._queue and want > 0:
+            record = self._queue.popleft()
+            if record.metrics and len(record.metrics) > want:
+                self._queue.appendleft(Record(metrics=record.metrics[want:]))
+                record = Record(metrics=record.metrics[:want])
+            taken.append(record)
+            want -= record.size
+            self._queued_points -= record.size
+        return taken
 
     def _mark_done(self, points: int) -> None:
         with self._progress:
@@ -257,13 +282,14 @@ class RunWriter:
             if head.metrics:
                 batch: list[Record] = []
                 points = 0
-                while (
-                    self._inflight
-                    and self._inflight[0].metrics
-                    and points + len(self._inflight[0].metrics) <= MAX_METRICS_PER_BATCH
-                ):
-                    batch.append(self._inflight.popleft())
-                    points += len(batch[-1].metrics)
+                while self._inflight and self._inflight[0].metrics and points < MAX_METRICS_PER_BATCH:
+                    record = self._inflight.popleft()
+                    room = MAX_METRICS_PER_BATCH - points
+                    if len(record.metrics) > room:  # fill the request to the brim; the rest leads the next one
+                        self._inflight.appendleft(Record(metrics=record.metrics[room:]))
+                        record = Record(metrics=record.metrics[:room])
+                    batch.append(record)
+                    points += len(record.metrics)
                 metrics = [point for record in batch for point in record.metrics]
                 if not self._with_retries(self._send_metrics, metrics):
                     self._inflight.extendleft(reversed(batch))
