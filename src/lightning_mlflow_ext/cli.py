@@ -63,6 +63,22 @@ def _sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from lightning_mlflow_ext.lineage import DataPathNotFoundError, dataset_source, fingerprint
+
+    try:
+        fp = fingerprint(args.path, check_remote=not args.no_remote)
+    except DataPathNotFoundError as exc:
+        print(f"lightning-mlflow lineage: {exc}", file=sys.stderr)
+        return 2
+    source = dataset_source(fp)
+    record = {**fp.to_dict(), "source_type": source._get_source_type(), "source": source.to_dict()}
+    print(json.dumps(record, indent=2))
+    return 1 if args.check and not fp.reproducible else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightning-mlflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lightning-mlflow-ext {__version__}")
@@ -80,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", default=None, help="default: the store the journal was written for")
     sync.add_argument("--timeout", type=float, default=120.0, help="seconds to keep retrying (default 120)")
     sync.set_defaults(func=_sync)
+    lineage = commands.add_parser(
+        "lineage", help="print, as JSON, the fingerprint and dataset source a run would record for a data path"
+    )
+    lineage.add_argument("path")
+    lineage.add_argument("--no-remote", action="store_true", help="do not ask the DVC remote whether it holds the data")
+    lineage.add_argument(
+        "--check", action="store_true", help="exit 1 unless data and code are committed (and DVC data pushed)"
+    )
+    lineage.set_defaults(func=_lineage)
     return parser
 
 

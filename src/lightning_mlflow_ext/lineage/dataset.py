@@ -1,0 +1,100 @@
+"""One MLflow dataset input per data split, carrying the split's fingerprint and a source that can fetch it.
+
+``log_datasets(client, run_id, {"train": "data/train", "val": "data/val"})`` is all a caller needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+from lightning_mlflow_ext.lineage.fingerprint import Fingerprint, fingerprint
+from lightning_mlflow_ext.lineage.sources import DVCDatasetSource, GitDatasetSource
+
+if TYPE_CHECKING:
+    # Only for the annotation: this module is imported while `import mlflow` is still running (see __init__).
+    from mlflow import MlflowClient
+
+__all__ = ["LineageDataset", "dataset_source", "lineage_dataset", "log_datasets"]
+
+
+def dataset_source(fp: Fingerprint) -> DatasetSource:
+    """The source that gives back the version ``fp`` describes.
+
+    DVC data → `DVCDatasetSource`; data committed to git → `GitDatasetSource`; data no commit holds
+    (untracked, outside any repository, a repository with no commits) → MLflow's local-file source, which
+    records where the data was and nothing more. The repository URL is the git remote's, else the local
+    working-tree root.
+    """
+    url = fp.repo_url or fp.repo_root
+    if url and fp.commit:
+        if fp.tracker == "dvc":
+            return DVCDatasetSource(url, fp.commit, fp.path, fp.dvc_remote, fp.dvc_remote_url)
+        if fp.tracker == "git":
+            return GitDatasetSource(url, fp.commit, fp.path)
+    local = Path(fp.repo_root, fp.path) if fp.repo_root else Path(fp.path)
+    return resolve_dataset_source(local.absolute().as_uri())
+
+
+class LineageDataset(MetaDataset):
+    """A `MetaDataset` whose profile is the fingerprint, so the MLflow UI shows commit, dirty flags, size."""
+
+    def __init__(self, source: DatasetSource, name: str, fp: Fingerprint) -> None:
+        self._fingerprint = fp
+        super().__init__(source, name=name, digest=fp.digest)
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self._fingerprint
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._fingerprint.to_dict()
+
+    def to_dict(self) -> dict[str, str]:
+        config = super().to_dict()
+        config["profile"] = json.dumps(self.profile, sort_keys=True)
+        return config
+
+
+def lineage_dataset(
+    split: str, data: str | os.PathLike[str] | Fingerprint, *, check_remote: bool = True
+) -> LineageDataset:
+    """The dataset to log for ``split``: named after the split, digest and source from the fingerprint.
+
+    One name per split matters: MLflow keeps one input per (name, digest) in a run, so two splits reading the
+    same data under one name would lose the second split's context.
+    """
+    fp = data if isinstance(data, Fingerprint) else fingerprint(data, check_remote=check_remote)
+    return LineageDataset(dataset_source(fp), name=split, fp=fp)
+
+
+def log_datasets(
+    client: MlflowClient,
+    run_id: str,
+    datasets: Mapping[str, str | os.PathLike[str] | Fingerprint],
+    *,
+    check_remote: bool = True,
+) -> dict[str, Fingerprint]:
+    """Log one dataset input per split (the context tag ``mlflow.data.context`` is the split name) in one
+    ``log_inputs`` request; return each split's fingerprint.
+
+    Logging the same splits again is harmless: MLflow keeps one input per (name, digest).
+    """
+    built = {split: lineage_dataset(split, data, check_remote=check_remote) for split, data in datasets.items()}
+    inputs = [
+        DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
+        for split, dataset in built.items()
+    ]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+    return {split: dataset.fingerprint for split, dataset in built.items()}
