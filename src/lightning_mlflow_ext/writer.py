@@ -233,28 +233,34 @@ class RunWriter:
                 else:
                     records = self._take_full_batches()
             if records:
-                self._inflight_from_journal = False
-                for record in records:
-                    self._inflight.extend(split(record))
-                if not self._send_inflight():
+                if not self._deliver(records):
                     return
-                self._mark_done(sum(record.size for record in records))
                 continue
             journaled, offset = self._journal.peek(200)
             if journaled:
-                self._inflight_from_journal = True
-                for record in journaled:
-                    self._inflight.extend(split(record))
-                if not self._send_inflight():
+                if not self._deliver(journaled, journal_offset=offset):
                     return
-                self._journal.advance(len(journaled), offset)
-                self._inflight_from_journal = False
-                self._mark_done(sum(record.size for record in journaled))
                 continue
             with self._lock:
                 if not self._queue and self._journal.pending == 0:
                     self._spilling = False
             return
+
+    def _deliver(self, records: list[Record], journal_offset: int | None = None) -> bool:
+        """Send records (split to request size) and count them done; False if parked first.
+
+        Records read from the journal (``journal_offset`` is where they end) stay in it until delivered.
+        """
+        self._inflight_from_journal = journal_offset is not None
+        for record in records:
+            self._inflight.extend(split(record))
+        if not self._send_inflight():
+            return False
+        if journal_offset is not None:
+            self._journal.advance(len(records), journal_offset)
+        self._inflight_from_journal = False
+        self._mark_done(sum(record.size for record in records))
+        return True
 
     def _take_full_batches(self) -> list[Record]:
         """Whole multiples of a request's worth of points from the queue (caller holds the lock)."""
