@@ -31,6 +31,7 @@ from lightning_mlflow_ext.errors import (
     RunNotFoundError,
 )
 from lightning_mlflow_ext.journal import Header, Journal, journal_path
+from lightning_mlflow_ext.lineage.git import code_diff, code_state, untracked_files
 from lightning_mlflow_ext.tracking import probe_server
 from lightning_mlflow_ext.transport import MetricPoint, make_transport
 from lightning_mlflow_ext.writer import DeliveryReport, RunWriter
@@ -45,6 +46,15 @@ OWNER = "lightning-mlflow-ext"
 
 FinalStatus = Literal["FINISHED", "FAILED", "KILLED"]
 Origin = Literal["created", "run_id", "active_run", "env_run_id"]
+
+
+GIT_TAG_PREFIX = "mlflow.source.git."
+
+
+def source_dir() -> str:
+    """Where the code being run lives: the main script's folder, else the working directory."""
+    main = sys.argv[0] if sys.argv else ""
+    return os.path.dirname(os.path.abspath(main)) if main and os.path.isfile(main) else os.getcwd()
 
 
 def _always() -> bool:
@@ -206,6 +216,7 @@ class RunSession:
                 self._owns_run = True
                 self._running = True
                 _open_sessions.add(self)
+                self._record_code_diff(run.data.tags)
             else:
                 self._initial_tags = dict(run.data.tags)
                 self._attach(run)
@@ -286,7 +297,25 @@ class RunSession:
         if self._parent_run_id:
             self._get_existing_run(self._parent_run_id, "parent_run_id")
             tags[MLFLOW_PARENT_RUN_ID] = self._parent_run_id
-        return self.client.create_run(experiment_id, run_name=self._run_name, tags=resolve_tags(tags))
+        tags = resolve_tags(tags)
+        # MLflow's git context records the remote URL as configured, credentials included, and no branch or
+        # dirty flag: replace its git tags with ours.
+        for key in [k for k in tags if k.startswith(GIT_TAG_PREFIX)]:
+            del tags[key]
+        tags.update(code_state(source_dir()))
+        return self.client.create_run(experiment_id, run_name=self._run_name, tags=tags)
+
+    def _record_code_diff(self, tags: Mapping[str, str]) -> None:
+        """For a dirty tree: the diff against HEAD (capped at 1 MB) and the untracked files, as artifacts."""
+        if tags.get(GIT_TAG_PREFIX + "dirty") != "true":
+            return
+        folder = source_dir()
+        diff = code_diff(folder)
+        if diff:
+            self.uploader.upload_text(diff, "code/diff.patch")
+        untracked = untracked_files(folder)
+        if untracked:
+            self.uploader.upload_text("\n".join(untracked) + "\n", "code/untracked.txt")
 
     def _attach(self, run: Run) -> None:
         """Apply tags and name to a run found elsewhere; reopen it if it had ended."""
@@ -304,7 +333,8 @@ class RunSession:
             self.client.update_run(run.info.run_id, status="RUNNING")
             self._running = True
             _open_sessions.add(self)
-        tags = dict(self._tags)
+        tags = {k: v for k, v in code_state(source_dir()).items() if k not in run.data.tags}
+        tags.update(self._tags)
         if self._run_name:
             tags[MLFLOW_RUN_NAME] = self._run_name
         if self._parent_run_id:
