@@ -1,22 +1,37 @@
 """MLflowCallback: what only Trainer hooks can see, recorded through the Trainer's ``MLflowLogger``.
 
-For now: figures made by user functions at every validation epoch end.
+The data a fit reads (dataset inputs with git/DVC lineage) and figures made at validation epoch ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_mlflow_ext.errors import LightningMLflowError
+from lightning_mlflow_ext.lineage.errors import LineageError
 from lightning_mlflow_ext.logger import MLflowLogger
 from lightning_mlflow_ext.media import artifact_path
 
+log = logging.getLogger(__name__)
+
 FigureFunction = Callable[[pl.Trainer, pl.LightningModule], Any]
+
+
+def _as_splits(
+    datasets: Mapping[str, str | os.PathLike[str]] | Sequence[str | os.PathLike[str]] | None,
+) -> dict[str, str | os.PathLike[str]]:
+    if not datasets:
+        return {}
+    if isinstance(datasets, Mapping):
+        return dict(datasets)
+    return {os.path.basename(os.path.normpath(path)): path for path in datasets}
 
 
 class MLflowCallback(Callback):
@@ -32,12 +47,28 @@ class MLflowCallback(Callback):
         trainer = Trainer(logger=MLflowLogger(), callbacks=[MLflowCallback(figures={"confusion": confusion})])
 
     Args:
+        datasets: ``{"train": "data/train", "val": "data/val"}`` (or a list of paths, each named after its
+            folder or file): logged once at fit start as dataset inputs, one per split, with the git/DVC
+            source that ``mlflow.data.get_source(...).load()`` fetches again. Without it, the DataModule's
+            ``mlflow_datasets`` attribute (same form) is used when present.
+        lineage: ``"warn"`` logs what makes the data not reproducible (dirty, unpushed, outside git),
+            ``"strict"`` refuses to start the fit then, ``"off"`` records no datasets.
         figures: name -> function ``(trainer, pl_module) -> figure`` (matplotlib or plotly), called at every
             validation epoch end (not during the sanity check); each figure is logged at step = epoch under
             ``figures/<name>/``.
     """
 
-    def __init__(self, figures: Mapping[str, FigureFunction] | None = None) -> None:
+    def __init__(
+        self,
+        figures: Mapping[str, FigureFunction] | None = None,
+        *,
+        datasets: Mapping[str, str | os.PathLike[str]] | Sequence[str | os.PathLike[str]] | None = None,
+        lineage: Literal["off", "warn", "strict"] = "warn",
+    ) -> None:
+        if lineage not in ("off", "warn", "strict"):
+            raise ValueError(f"lineage must be 'off', 'warn' or 'strict', got {lineage!r}")
+        self.datasets = _as_splits(datasets)
+        self.lineage = lineage
         self.figures = dict(figures or {})
         for name in self.figures:
             artifact_path(name, what="figure name")
@@ -53,7 +84,27 @@ class MLflowCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._logger(trainer)  # fail before training, not at the first epoch end
+        logger = self._logger(trainer)  # fail before training, not at the first epoch end
+        if stage != "fit" or self.lineage == "off":
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        splits = self.datasets or _as_splits(getattr(datamodule, "mlflow_datasets", None))
+        if not splits:
+            return
+        problems = [
+            f"{split}: {problem}"
+            for split, fp in logger.log_datasets(splits).items()
+            if not fp.reproducible
+            for problem in (fp.problems or ("not at a clean, committed (and for DVC, pushed) version",))
+        ]
+        if problems and self.lineage == "strict":
+            raise LineageError(
+                "lineage='strict': the fit would train on data that cannot be fetched again exactly: "
+                + "; ".join(problems)
+                + ". Commit (and `dvc push`) the data and code, or use lineage='warn'."
+            )
+        if problems:
+            log.warning("The data of this fit cannot be fetched again exactly: %s", "; ".join(problems))
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -34,6 +34,7 @@ from lightning_mlflow_ext.keys import (
     strip_url_credentials,
     truncate_value,
 )
+from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
 from lightning_mlflow_ext.session import TAG_PREFIX, FinalStatus, RunSession
 from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
@@ -163,6 +164,7 @@ class MLflowLogger(Logger):
         self._changed_params: dict[str, str] = {}
         self._fit_ended = False
         self._axes_seeded = False
+        self._dataset_digests: dict[str, str] = {}
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -334,6 +336,16 @@ class MLflowLogger(Logger):
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
+    # ---- data lineage -------------------------------------------------------------------------
+
+    def log_datasets(self, splits: Mapping[str, str | os.PathLike[str]]) -> dict[str, Fingerprint]:
+        """Record ``{"train": path, ...}`` as the run's dataset inputs (git/DVC sources); rank 0 only."""
+        if not _is_global_rank_zero():
+            return {}
+        fingerprints = self._session.log_datasets(splits)
+        self._dataset_digests.update({split: fp.digest for split, fp in fingerprints.items()})
+        return fingerprints
+
     # ---- figures and media (uploaded in the background; names are checked here) ------------------
 
     @rank_zero_only
@@ -391,7 +403,7 @@ class MLflowLogger(Logger):
         epoch = trainer.current_epoch if trainer is not None else 0
         step = trainer.global_step if trainer is not None else 0
         for callback in callbacks:
-            self._mirror.sync(callback, epoch, step, dataset_digests={})
+            self._mirror.sync(callback, epoch, step, dataset_digests=dict(self._dataset_digests))
 
     @override
     def save(self) -> None:

@@ -31,6 +31,8 @@ from lightning_mlflow_ext.errors import (
     RunNotFoundError,
 )
 from lightning_mlflow_ext.journal import Header, Journal, journal_path
+from lightning_mlflow_ext.lineage.dataset import log_datasets
+from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.lineage.git import code_diff, code_state, untracked_files
 from lightning_mlflow_ext.tracking import probe_server
 from lightning_mlflow_ext.transport import MetricPoint, make_transport
@@ -414,6 +416,11 @@ class RunSession:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.ensure_running()
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_datasets(self, splits: Mapping[str, str | os.PathLike[str]]) -> dict[str, Fingerprint]:
+        """One dataset input per split, with a git/DVC source; returns the fingerprints."""
+        self.ensure_running()
+        return log_datasets(self.client, self.run_id, splits)
 
     def flush(self, timeout: float | None = None) -> DeliveryReport:
         if self._writer is None:

@@ -1,0 +1,53 @@
+"""A fit records the data it read: one dataset input per split, in checkpoints too; strict lineage refuses."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lineage_repos import git_repo
+from tiny import TinyData, TinyModel, make_trainer
+
+from lightning_mlflow_ext import MLflowCallback, MLflowLogger
+from lightning_mlflow_ext.lineage.errors import LineageError
+
+
+def test_fit_logs_one_input_per_split_and_checkpoints_carry_the_digests(
+    tracking_uri, client, experiment_name, tmp_path
+):
+    repo = git_repo(tmp_path / "project", {"data/train.csv": "a,b\n1,2\n", "data/val.csv": "a,b\n3,4\n"})
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True)
+    callback = MLflowCallback(datasets={"train": repo / "data/train.csv", "val": repo / "data/val.csv"})
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    make_trainer(logger, max_epochs=1, enable_checkpointing=True, callbacks=[callback, checkpoint]).fit(
+        TinyModel(), TinyData()
+    )
+    run = client.get_run(logger.run_id)
+    inputs = {
+        next(tag.value for tag in d.tags if tag.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
+    }
+    assert sorted(inputs) == ["train", "val"]
+    assert inputs["train"].source_type == "git"
+    loaded = mlflow.data.get_source(inputs["train"]).load(str(tmp_path / "loaded"))
+    with open(loaded) as handle:
+        assert handle.read() == "a,b\n1,2\n"
+
+    name = checkpoint.best_model_path.rsplit("/", 1)[1]
+    meta_path = client.download_artifacts(logger.run_id, f"checkpoints/latest/{name}.json", str(tmp_path / "m"))
+    with open(meta_path) as handle:
+        digests = json.load(handle)["dataset_digests"]
+    assert digests == {"train": inputs["train"].digest, "val": inputs["val"].digest}
+
+
+def test_strict_lineage_refuses_dirty_data_before_the_first_step(tracking_uri, client, experiment_name, tmp_path):
+    repo = git_repo(tmp_path / "project", {"data/train.csv": "a,b\n1,2\n"})
+    (repo / "data/train.csv").write_text("a,b\n9,9\n")  # changed, not committed
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    callback = MLflowCallback(datasets=[repo / "data/train.csv"], lineage="strict")
+    with pytest.raises(LineageError, match="lineage='strict'"):
+        make_trainer(logger, callbacks=[callback]).fit(TinyModel(), TinyData())
+    assert client.get_metric_history(logger.run_id, "train_loss_step") == []
+    assert client.get_run(logger.run_id).info.status == "FAILED"
