@@ -54,9 +54,12 @@ GIT_TAG_PREFIX = "mlflow.source.git."
 
 
 def source_dir() -> str:
-    """Where the code being run lives: the main script's folder, else the working directory."""
-    main = sys.argv[0] if sys.argv else ""
-    return os.path.dirname(os.path.abspath(main)) if main and os.path.isfile(main) else os.getcwd()
+    """Where the code being run lives: the main script's folder, else (a notebook, ``python -c``, a tool
+    launched from site-packages such as pytest or ipykernel) the working directory."""
+    main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not os.path.isfile(main) or "site-packages" in main or "ipykernel" in main:
+        return os.getcwd()
+    return os.path.dirname(main)
 
 
 def _always() -> bool:
