@@ -8,6 +8,7 @@ import os
 
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
+from mlflow.entities import LoggedModelStatus
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger
@@ -88,3 +89,30 @@ def test_no_upload_without_log_model(tracking_uri, client, experiment_name, tmp_
     logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
     make_trainer(logger, max_epochs=1, enable_checkpointing=True).fit(TinyModel(), TinyData())
     assert client.list_artifacts(logger.run_id, "checkpoints") == []
+
+
+def test_best_model_is_logged_in_the_runs_experiment_and_registered_as_best(
+    tracking_uri, client, experiment_name, tmp_path
+):
+    name = f"tiny-{experiment_name[-12:]}"
+    logger = MLflowLogger(
+        experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True, registered_model_name=name
+    )
+    callback = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
+    trainer = make_trainer(logger, max_epochs=2, enable_checkpointing=True, callbacks=[callback])
+    trainer.fit(TinyModel(lr=0.03), TinyData())
+
+    run = client.get_run(logger.run_id)
+    model_id = run.data.tags["lightning_mlflow_ext.best_model_id"]
+    model = client.get_logged_model(model_id)
+    assert model.experiment_id == run.info.experiment_id  # not experiment 0, where log_model's globals put it
+    assert model.source_run_id == logger.run_id
+    assert model.status == LoggedModelStatus.READY
+    assert (
+        model.tags["lightning_mlflow_ext.checkpoint"]
+        == f"checkpoints/val_loss/{os.path.basename(callback.best_model_path)}"
+    )
+    assert "val_loss" in model.params
+    version = client.get_model_version_by_alias(name, "best")
+    assert version.run_id == logger.run_id
+    assert run.data.tags["lightning_mlflow_ext.registered_model"] == f"{name}@best"

@@ -36,6 +36,7 @@ from lightning_mlflow_ext.keys import (
 )
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
+from lightning_mlflow_ext.models import BEST_ALIAS, log_best_model
 from lightning_mlflow_ext.session import TAG_PREFIX, FinalStatus, RunSession
 from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.writer import MetricPoint
@@ -93,6 +94,9 @@ class MLflowLogger(Logger):
         parent_run_id: create the run nested under this run.
         step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
         server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
+        log_best_model: at the end of a successful fit, the best checkpoint's model as an MLflow Model of this
+            run (in its experiment), with the checkpoint, step and metrics recorded on it.
+        registered_model_name: also register that model under this name, with the alias ``best``.
         flush_timeout: seconds the end of each stage waits for the store to take every queued write; what it
             has not taken by then stays in the journal under ``save_dir`` (``lightning-mlflow sync``).
 
@@ -119,6 +123,8 @@ class MLflowLogger(Logger):
         step_axis: StepAxis = "epoch",
         server_wait: float = 30.0,
         flush_timeout: float = 60.0,
+        log_best_model: bool = False,
+        registered_model_name: str | None = None,
     ) -> None:
         super().__init__()
         if log_model not in (True, False, "all"):
@@ -149,6 +155,8 @@ class MLflowLogger(Logger):
             may_create=_is_global_rank_zero,
         )
         self._log_model = log_model
+        self._log_best_model = log_best_model or registered_model_name is not None
+        self._registered_model_name = registered_model_name
         self._prefix = prefix
         self._axes = StepAxes(step_axis)
         self._metric_names = NameMapper()
@@ -446,6 +454,8 @@ class MLflowLogger(Logger):
         else:
             final = "FAILED"
         self._finish_checkpoints(final)
+        if final == "FINISHED" and self._log_best_model:
+            self._record_best_model()
         self._wait_for_uploads()
         report = self._session.end(final)
         if report.pending:
@@ -475,6 +485,41 @@ class MLflowLogger(Logger):
         self._mirror_checkpoints([cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)])
         if final != "FINISHED":
             self._session.set_tags({PARTIAL_TAG: "true"})  # a failed fit: what was saved, not a full set
+
+    def _record_best_model(self) -> None:
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        best = next(
+            (cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.best_model_path),
+            None,
+        )
+        if best is None:
+            self._warn_once("no-best", "log_best_model: no ModelCheckpoint saved a checkpoint; no model logged.")
+            return
+        try:
+            module = type(trainer.lightning_module).load_from_checkpoint(best.best_model_path, map_location="cpu")
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+            }
+            key = self._mirror.key_for(best) if self._mirror is not None else "latest"
+            logged = log_best_model(
+                self._session.client,
+                run_id=self._session.run_id,
+                experiment_id=self._session.experiment_id,
+                module=module,
+                checkpoint_artifact=f"checkpoints/{key}/{os.path.basename(best.best_model_path)}",
+                step=trainer.global_step,
+                metrics=metrics,
+                registered_model_name=self._registered_model_name,
+            )
+        except Exception as exc:  # the fit succeeded; a model that could not be saved must not undo that
+            log.warning("Could not log the best checkpoint %s as an MLflow Model: %s", best.best_model_path, exc)
+            return
+        tags = {TAG_PREFIX + "best_model_id": logged.model_id}
+        if logged.registered_version is not None:
+            tags[TAG_PREFIX + "registered_model"] = f"{self._registered_model_name}@{BEST_ALIAS}"
+        self._session.set_tags(tags)
 
     def _wait_for_uploads(self) -> None:
         if not self._session.has_uploader:
