@@ -51,3 +51,37 @@ def test_strict_lineage_refuses_dirty_data_before_the_first_step(tracking_uri, c
         make_trainer(logger, callbacks=[callback]).fit(TinyModel(), TinyData())
     assert client.get_metric_history(logger.run_id, "train_loss_step") == []
     assert client.get_run(logger.run_id).info.status == "FAILED"
+
+
+def test_resuming_on_changed_data_is_detected_and_tagged(tracking_uri, client, experiment_name, tmp_path):
+    from lineage_repos import commit_all
+
+    repo = git_repo(tmp_path / "project", {"data/train.csv": "a,b\n1,2\n"})
+    first = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    callbacks = [MLflowCallback(datasets={"train": repo / "data/train.csv"}), checkpoint]
+    make_trainer(first, max_epochs=1, enable_checkpointing=True, callbacks=callbacks).fit(TinyModel(), TinyData())
+    assert client.get_run(first.run_id).data.tags["lightning_mlflow_ext.lineage"] == "reproducible"
+
+    (repo / "data/train.csv").write_text("a,b\n5,6\n")
+    commit_all(repo, "new data")
+    second = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    callbacks = [MLflowCallback(datasets={"train": repo / "data/train.csv"}), ModelCheckpoint(dirpath=tmp_path / "c2")]
+    trainer = make_trainer(second, max_epochs=2, enable_checkpointing=True, callbacks=callbacks)
+    trainer.fit(TinyModel(), TinyData(), ckpt_path=checkpoint.last_model_path)
+    changed = json.loads(
+        client.get_run(second.run_id).data.tags["lightning_mlflow_ext.lineage.changed_since_checkpoint"]
+    )
+    assert list(changed) == ["train"] and changed["train"][0] != changed["train"][1]
+
+
+def test_data_outside_any_repository_is_tagged_incomplete_not_a_crash(tracking_uri, client, experiment_name, tmp_path):
+    data = tmp_path / "loose.csv"
+    data.write_text("a\n1\n")
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    callbacks = [MLflowCallback(datasets={"train": data})]
+    make_trainer(logger, max_epochs=1, callbacks=callbacks).fit(TinyModel(), TinyData())
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["lightning_mlflow_ext.lineage"] == "incomplete"
+    assert "train" in run.data.tags["lightning_mlflow_ext.lineage.problems"]

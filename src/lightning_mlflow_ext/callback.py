@@ -70,6 +70,8 @@ class MLflowCallback(Callback):
         self.datasets = _as_splits(datasets)
         self.lineage = lineage
         self.figures = dict(figures or {})
+        self._digests: dict[str, str] = {}
+        self._trainer_logger: MLflowLogger | None = None
         for name in self.figures:
             artifact_path(name, what="figure name")
 
@@ -85,18 +87,23 @@ class MLflowCallback(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         logger = self._logger(trainer)  # fail before training, not at the first epoch end
+        self._trainer_logger = logger
         if stage != "fit" or self.lineage == "off":
             return
         datamodule = getattr(trainer, "datamodule", None)
         splits = self.datasets or _as_splits(getattr(datamodule, "mlflow_datasets", None))
         if not splits:
             return
+        fingerprints = logger.log_datasets(splits)
+        self._digests = {split: fp.digest for split, fp in fingerprints.items()}
         problems = [
             f"{split}: {problem}"
-            for split, fp in logger.log_datasets(splits).items()
+            for split, fp in fingerprints.items()
             if not fp.reproducible
             for problem in (fp.problems or ("not at a clean, committed (and for DVC, pushed) version",))
         ]
+        if fingerprints:
+            logger.set_lineage_tags("incomplete" if problems else "reproducible", problems)
         if problems and self.lineage == "strict":
             raise LineageError(
                 "lineage='strict': the fit would train on data that cannot be fetched again exactly: "
@@ -105,6 +112,29 @@ class MLflowCallback(Callback):
             )
         if problems:
             log.warning("The data of this fit cannot be fetched again exactly: %s", "; ".join(problems))
+
+    # Lineage travels in Lightning checkpoints: a fit resumed on other data is detected and recorded.
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"dataset_digests": dict(self._digests)} if self._digests else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved: dict[str, str] = state_dict.get("dataset_digests", {})
+        # Lightning restores callback state after setup, so self._digests holds the data of this fit.
+        changed = sorted(split for split, digest in saved.items() if self._digests.get(split, digest) != digest)
+        if not changed:
+            return
+        message = (
+            f"Resuming from a checkpoint trained on other data: {changed} changed since it was saved "
+            f"(digests {[saved[s] for s in changed]} then, {[self._digests[s] for s in changed]} now)."
+        )
+        if self._trainer_logger is not None:
+            self._trainer_logger.record_resumed_on_changed_data({s: (saved[s], self._digests[s]) for s in changed})
+        if self.lineage == "strict":
+            raise LineageError(message + " lineage='strict' refuses to continue; use lineage='warn' to allow it.")
+        log.warning(message)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

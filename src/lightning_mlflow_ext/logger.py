@@ -51,6 +51,7 @@ PREFIX_SEPARATOR = "-"  # Lightning's LOGGER_JOIN_CHAR, so prefixed keys match i
 STEP_AXIS_TAG = TAG_PREFIX + "step_axis"
 EPOCH_AXIS_KEYS_TAG = TAG_PREFIX + "epoch_axis_keys"
 CHANGED_PARAMS_TAG = TAG_PREFIX + "changed_params"
+LINEAGE_TAG = TAG_PREFIX + "lineage"
 HPARAMS_ARTIFACT = "hparams.json"
 MAX_TAG_VALUE = 8000
 #: +-inf become the largest finite doubles: the sign survives every store (a server turns -inf into +max).
@@ -353,6 +354,20 @@ class MLflowLogger(Logger):
         fingerprints = self._session.log_datasets(splits)
         self._dataset_digests.update({split: fp.digest for split, fp in fingerprints.items()})
         return fingerprints
+
+    @rank_zero_only
+    def set_lineage_tags(self, state: str, problems: list[str]) -> None:
+        """``lightning_mlflow_ext.lineage`` = reproducible | incomplete, and what is missing."""
+        tags = {LINEAGE_TAG: state}
+        if problems:
+            tags[LINEAGE_TAG + ".problems"] = truncate_value("; ".join(problems), MAX_TAG_VALUE)[0]
+        self._session.set_tags(tags)
+
+    @rank_zero_only
+    def record_resumed_on_changed_data(self, changed: dict[str, tuple[str, str]]) -> None:
+        """Tag a run whose fit resumed from a checkpoint trained on other data: split -> [then, now]."""
+        text = json.dumps({split: list(pair) for split, pair in changed.items()}, sort_keys=True)
+        self._session.set_tags({LINEAGE_TAG + ".changed_since_checkpoint": truncate_value(text, MAX_TAG_VALUE)[0]})
 
     # ---- figures and media (uploaded in the background; names are checked here) ------------------
 
