@@ -40,9 +40,6 @@ class StepAxes:
         """Keys recorded at step = epoch, in the order they first appeared."""
         return [key for key, axis in self._axis.items() if axis == "epoch"]
 
-    def axis_of(self, key: str) -> StepAxis | None:
-        return self._axis.get(key)
-
     def seed(self, epoch_keys: list[str]) -> None:
         """Keys a resumed run already records at step = epoch keep that axis in this process too."""
         for key in epoch_keys:
