@@ -94,17 +94,14 @@ class ArtifactUploader:
         artifact_path = f"{artifact_dir}/{local.name}"
 
         def job() -> None:
-            try:
-                digest = sha256_of(local)
-                metadata["sha256"] = digest
-                if uploaded.get(artifact_path) != digest:
-                    self._client.log_artifact(self._run_id, str(local), artifact_dir)
-                    uploaded[artifact_path] = digest
-                self._client.log_text(self._run_id, json.dumps(metadata, indent=2), artifact_path + ".json")
-            finally:
-                shutil.rmtree(local.parent, ignore_errors=True)
+            digest = sha256_of(local)
+            metadata["sha256"] = digest
+            if uploaded.get(artifact_path) != digest:
+                self._client.log_artifact(self._run_id, str(local), artifact_dir)
+                uploaded[artifact_path] = digest
+            self._client.log_text(self._run_id, json.dumps(metadata, indent=2), artifact_path + ".json")
 
-        self.submit(f"upload {artifact_path}", job)
+        self._submit_then_remove(f"upload {artifact_path}", local, job)
 
     def upload_bytes(self, data: bytes, artifact_file: str) -> None:
         staged = self.staging / uuid.uuid4().hex / posixpath.basename(artifact_file)
@@ -116,12 +113,20 @@ class ArtifactUploader:
         """Upload a snapshot (see ``snapshot``) into ``artifact_dir``, then remove it."""
 
         def job() -> None:
-            try:
-                self._client.log_artifact(self._run_id, str(local), artifact_dir)
-            finally:
-                shutil.rmtree(local.parent, ignore_errors=True)
+            self._client.log_artifact(self._run_id, str(local), artifact_dir)
 
-        self.submit(f"upload {artifact_dir or '.'}/{local.name}", job)
+        self._submit_then_remove(f"upload {artifact_dir or '.'}/{local.name}", local, job)
+
+    def _submit_then_remove(self, description: str, snapshot_file: Path, job: Callable[[], None]) -> None:
+        """Run ``job`` in the background, then delete the snapshot it read, whether it worked or not."""
+
+        def run_and_remove() -> None:
+            try:
+                job()
+            finally:
+                shutil.rmtree(snapshot_file.parent, ignore_errors=True)
+
+        self.submit(description, run_and_remove)
 
     def log_image(self, image: Any, key: str | None, step: int | None, artifact_file: str | None) -> None:
         def job() -> None:

@@ -330,7 +330,8 @@ class MLflowLogger(Logger):
                 f"Hyperparameters {truncated} are longer than MLflow's 6000-character limit; the params hold "
                 f"their start and the full values are in the artifact {HPARAMS_ARTIFACT}.",
             )
-            self._session.log_text(json.dumps(rendered, indent=2, sort_keys=True), HPARAMS_ARTIFACT)
+            # In the background like every other artifact: the training thread never waits on an upload.
+            self._session.uploader.upload_text(json.dumps(rendered, indent=2, sort_keys=True), HPARAMS_ARTIFACT)
 
     def _record_changed_params(self, changed: dict[str, str]) -> None:
         # MLflow params are write-once. The first value stays; the new ones are kept in a tag, and the fit goes on.
@@ -434,9 +435,11 @@ class MLflowLogger(Logger):
         pass
 
     def flush(self, timeout: float | None = None) -> int:
-        """Wait until every queued write is delivered (or refused); return how many points are not in the store."""
+        """Wait until every queued write and upload is done; return how many points or uploads did not land."""
         report = self._session.flush(timeout)
-        return report.rejected + report.pending
+        uploads = self._session.uploader.flush(timeout) if self._session.has_uploader else None
+        failed_uploads = len(uploads.failed) + uploads.pending if uploads is not None else 0
+        return report.rejected + report.pending + failed_uploads
 
     @override
     @rank_zero_only

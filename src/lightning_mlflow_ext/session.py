@@ -416,10 +416,6 @@ class RunSession:
             self.logged_params().update(params)
             self.writer.log_params(list(params.items()))
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.ensure_running()
-        self.client.log_text(self.run_id, text, artifact_file)
-
     def log_datasets(self, splits: Mapping[str, str | os.PathLike[str]]) -> dict[str, Fingerprint]:
         """One dataset input per split, with a git/DVC source; returns the fingerprints."""
         self.ensure_running()
