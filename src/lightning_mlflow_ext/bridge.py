@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_mlflow_ext.logger import MLflowLogger
+from lightning_mlflow_ext.logger import CHECKPOINT_KEY, MLflowLogger
 
 
 def _mlflow_loggers(trainer: pl.Trainer) -> list[MLflowLogger]:
@@ -90,6 +90,26 @@ class MLflowTrainerBridge(Callback):
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._mark(trainer, True)
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The checkpoint names its run, so that resuming from it continues that run.
+        for logger in _mlflow_loggers(trainer):
+            info = logger._checkpoint_info()
+            if info is not None:
+                checkpoint[CHECKPOINT_KEY] = info
+                return
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning restores callbacks only when a fit resumes; this runs before ModelCheckpoint's own state.
+        info = checkpoint.get(CHECKPOINT_KEY)
+        for logger in _mlflow_loggers(trainer):
+            logger._resume_from(trainer, info if isinstance(info, dict) else {}, int(checkpoint.get("global_step", 0)))
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

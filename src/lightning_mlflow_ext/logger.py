@@ -13,8 +13,8 @@ import os
 import sys
 import time
 from argparse import Namespace
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -26,6 +26,7 @@ from typing_extensions import override
 from lightning_mlflow_ext.artifacts import snapshot
 from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
 from lightning_mlflow_ext.checkpoints import PARTIAL_TAG, CheckpointMirror
+from lightning_mlflow_ext.errors import LightningMLflowError
 from lightning_mlflow_ext.keys import (
     NameMapper,
     redact_secrets,
@@ -46,12 +47,17 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX_SEPARATOR = "-"  # Lightning's LOGGER_JOIN_CHAR, so prefixed keys match its MLFlowLogger
 STEP_AXIS_TAG = TAG_PREFIX + "step_axis"
 EPOCH_AXIS_KEYS_TAG = TAG_PREFIX + "epoch_axis_keys"
 CHANGED_PARAMS_TAG = TAG_PREFIX + "changed_params"
 LINEAGE_TAG = TAG_PREFIX + "lineage"
+RESUMED_AT_STEP_TAG = TAG_PREFIX + "resumed_at_step"
+RESUMED_FROM_RUN_TAG = TAG_PREFIX + "resumed_from_run"
+#: The key under which a Lightning checkpoint records the run it was trained in.
+CHECKPOINT_KEY = "lightning_mlflow_ext"
 HPARAMS_ARTIFACT = "hparams.json"
 MAX_TAG_VALUE = 8000
 #: +-inf become the largest finite doubles: the sign survives every store (a server turns -inf into +max).
@@ -100,11 +106,15 @@ class MLflowLogger(Logger):
         registered_model_name: also register that model under this name, with the alias ``best``.
         flush_timeout: seconds the end of each stage waits for the store to take every queued write; what it
             has not taken by then stays in the journal under ``save_dir`` (``lightning-mlflow sync``).
+        end_run: who ends the run when the work succeeds. ``None``: the runs this logger owns (created, reopened,
+            resumed from their own checkpoint). ``True``: the run, whoever opened it (the last step of a
+            pipeline). ``False``: nobody, it stays RUNNING for the next step (the first step of a pipeline).
+            A failure ends the run FAILED (KILLED on Ctrl-C / SIGTERM) either way, except a user's own active run.
 
-    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> a new
-    run. The logger ends only runs it created (or reopened after they had ended): FINISHED on success,
-    FAILED on an exception, KILLED on Ctrl-C. A run found RUNNING (a ``with mlflow.start_run()`` block, a
-    pipeline step) is left open for its owner.
+    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a
+    checkpoint being resumed (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
+    ends the runs it owns: FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM. A run
+    found RUNNING (a ``with mlflow.start_run()`` block, a pipeline step) is left open on success.
     """
 
     def __init__(
@@ -126,6 +136,7 @@ class MLflowLogger(Logger):
         flush_timeout: float = 60.0,
         log_best_model: bool = False,
         registered_model_name: str | None = None,
+        end_run: bool | None = None,
     ) -> None:
         super().__init__()
         if log_model not in (True, False, "all"):
@@ -154,6 +165,7 @@ class MLflowLogger(Logger):
             save_dir=self._save_dir,
             flush_timeout=flush_timeout,
             may_create=_is_global_rank_zero,
+            end_run=end_run,
         )
         self._log_model = log_model
         self._log_best_model = log_best_model or registered_model_name is not None
@@ -174,6 +186,7 @@ class MLflowLogger(Logger):
         self._fit_ended = False
         self._axes_seeded = False
         self._dataset_digests: dict[str, str] = {}
+        self._resume_floor: dict[str, int] = {}  # key -> last step the run held when this fit resumed
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -246,6 +259,7 @@ class MLflowLogger(Logger):
         epoch = trainer.current_epoch if trainer is not None else None
         points: list[MetricPoint] = []
         map_name = self._metric_names.map
+        floor = self._resume_floor
         for key, raw in metrics.items():
             # This runs on the training thread for every point: the common case (a finite float) goes first.
             value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
@@ -263,6 +277,8 @@ class MLflowLogger(Logger):
                     continue
             else:
                 point_step = self._axes.step_for(name, epoch_level=epoch_level, epoch=epoch, step=point_step)
+            if floor and point_step <= floor.get(name, -1):
+                continue  # a resumed fit replays steps the run already holds: the first point stays
             points.append((name, value, timestamp, point_step))
         if points:
             self._session.log_metrics(points)
@@ -456,6 +472,7 @@ class MLflowLogger(Logger):
             )
         elif self._trainer.state.fn == "fit":
             self._fit_ended = True
+            self._resume_floor = {}
         if self._axes.repeated:
             self._warn_once(
                 "repeated:" + ",".join(sorted(self._axes.repeated)),
@@ -569,18 +586,90 @@ class MLflowLogger(Logger):
         self._at_epoch_end = False
         if trainer.state.fn == "fit" and self._fit_ended and trainer.global_step == 0 and trainer.ckpt_path is None:
             self._start_over()
-        if trainer.world_size > 1:
-            # Rank 0 resolves the run; every other rank takes its identity instead of resolving on its own.
-            identity = self._session.identity if trainer.global_rank == 0 else None
-            adopted = trainer.strategy.broadcast(identity, src=0)
-            assert adopted is not None
-            self._session.adopt(adopted)
+        # Rank 0 resolves the run; every other rank takes its identity instead of resolving on its own.
+        self._session.adopt(self._from_rank_zero(trainer, lambda: self._session.identity), replace=True)
         if trainer.global_rank == 0:
-            self._session.ensure_running()
-            if trainer.state.fn == "fit":
-                self._session.begin_fit()
-            self._seed_axes()
-            self._send_axis_tags()
+            self._begin_stage(trainer)
+
+    def _begin_stage(self, trainer: pl.Trainer) -> None:
+        self._session.ensure_running()
+        if trainer.state.fn == "fit":
+            self._session.begin_fit()
+        self._seed_axes()
+        self._send_axis_tags()
+
+    def _from_rank_zero(self, trainer: pl.Trainer, compute: Callable[[], T]) -> T:
+        """``compute()`` on global rank 0, its result handed to every rank. When it fails there, every rank
+        raises (rank 0 the error itself) instead of the others waiting for rank 0 in the next collective."""
+        outcome: tuple[bool, Any] = (True, None)
+        error: Exception | None = None
+        if trainer.global_rank == 0:
+            try:
+                outcome = (True, compute())
+            except Exception as exc:
+                error, outcome = exc, (False, f"{type(exc).__name__}: {exc}")
+        if trainer.world_size > 1:
+            outcome = trainer.strategy.broadcast(outcome, src=0)
+        if error is not None:
+            raise error
+        ok, value = outcome
+        if not ok:
+            raise LightningMLflowError(f"Global rank 0 could not set up the MLflow run: {value}")
+        return value  # type: ignore[no-any-return]
+
+    def _checkpoint_info(self) -> dict[str, str] | None:
+        """What a Lightning checkpoint records about the run (written by the bridge's on_save_checkpoint)."""
+        if not self._session.resolved:
+            return None
+        return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
+
+    def _resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
+        """A fit restores a checkpoint: continue the run it was trained in, from the step it was saved at."""
+        if trainer.state.fn != "fit":
+            return
+        before = self._session.identity if self._session.resolved else None
+        run_id = info.get("run_id")
+
+        def resume() -> tuple[str, str, str]:
+            if isinstance(run_id, str):
+                self._session.resume_from_checkpoint(run_id)  # looked up in this logger's store
+            return self._session.identity
+
+        identity = self._from_rank_zero(trainer, resume)
+        self._session.adopt(identity, replace=True)
+        if before is not None and before[0] != identity[0]:
+            self._move_checkpoint_folders(trainer, before)
+            self._axes.reset()
+            self._axes_seeded = False
+            self._axis_tags_sent = None
+            self._changed_params = {}
+        if trainer.global_rank != 0:
+            return
+        self._begin_stage(trainer)
+        self._resume_floor = self._from_store(self._session.metric_steps, {})
+        tags = {RESUMED_AT_STEP_TAG: str(global_step)}
+        if isinstance(run_id, str) and run_id != identity[0]:
+            tags[RESUMED_FROM_RUN_TAG] = run_id
+        self._session.set_tags(tags)
+
+    def _from_store(self, read: Callable[[], T], fallback: T) -> T:
+        try:
+            return read()
+        except Exception as exc:  # the store is down: training goes on, the journal keeps what is sent
+            log.warning("Could not read the MLflow run %s back (%s); resuming without it.", self._session.run_id, exc)
+            return fallback
+
+    def _move_checkpoint_folders(self, trainer: pl.Trainer, before: tuple[str, str, str]) -> None:
+        """ModelCheckpoint chose its folder from the run created before the checkpoint was read: use the folder
+        of the run being continued (where its top-k already are)."""
+        old = os.path.join(self._save_dir, before[2], before[0])
+        new = os.path.join(self._save_dir, self.name, self.version)
+        for callback in [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]:
+            dirpath = callback.dirpath
+            if dirpath is not None and os.path.realpath(dirpath) == os.path.realpath(os.path.join(old, "checkpoints")):
+                callback.dirpath = os.path.join(new, "checkpoints")
+        with contextlib.suppress(OSError):
+            os.rmdir(old)  # only if empty
 
     def _start_over(self) -> None:
         """A fresh fit after a finished one: a new run if this logger created the last one, else one warning."""

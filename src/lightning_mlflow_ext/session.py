@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -46,8 +47,15 @@ TAG_PREFIX = "lightning_mlflow_ext."
 OWNER_TAG = TAG_PREFIX + "owner"
 OWNER = "lightning-mlflow-ext"
 
+#: "<unix time> <host> <pid>" of the process writing into the run, renewed while it runs: a later process can
+#: tell a run left RUNNING by a killed process (SIGKILL, OOM, preemption) from one that is still being written.
+HEARTBEAT_TAG = TAG_PREFIX + "heartbeat"
+HEARTBEAT_INTERVAL = 60.0
+#: A heartbeat from another host older than this means its process is gone.
+HEARTBEAT_STALE_AFTER = 5 * HEARTBEAT_INTERVAL
+
 FinalStatus = Literal["FINISHED", "FAILED", "KILLED"]
-Origin = Literal["created", "run_id", "active_run", "env_run_id"]
+Origin = Literal["created", "run_id", "active_run", "env_run_id", "checkpoint"]
 
 
 GIT_TAG_PREFIX = "mlflow.source.git."
@@ -64,6 +72,28 @@ def source_dir() -> str:
 
 def _always() -> bool:
     return True
+
+
+def heartbeat() -> str:
+    return f"{time.time():.0f} {socket.gethostname()} {os.getpid()}"
+
+
+def heartbeat_stopped(value: str | None) -> bool:
+    """True when the process that last wrote this heartbeat is gone (unknown: False, assume it lives)."""
+    try:
+        stamp, host, pid = (value or "").split(" ")
+        written, process = float(stamp), int(pid)
+    except ValueError:
+        return False
+    if host == socket.gethostname():
+        try:
+            os.kill(process, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return time.time() - written > HEARTBEAT_STALE_AFTER
 
 
 class RunSession:
@@ -88,8 +118,10 @@ class RunSession:
         save_dir: str = ".",
         flush_timeout: float = 60.0,
         may_create: Callable[[], bool] = _always,
+        end_run: bool | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self._end_run = end_run
         self.save_dir = save_dir
         self._flush_timeout = flush_timeout
         self._experiment_name = experiment_name
@@ -115,6 +147,8 @@ class RunSession:
         self._found_status: str | None = None
         self._worst_status: FinalStatus | None = None
         self._may_create = may_create
+        self._checkpoint_run_id: str | None = None
+        self._fresh = False  # created by this session, and nothing but tags written into it yet
 
     # ---- identity ---------------------------------------------------------------------------
 
@@ -167,10 +201,10 @@ class RunSession:
         """(run id, experiment id, experiment name): what another process needs to log into this run."""
         return self.run_id, self.experiment_id, self.experiment_name
 
-    def adopt(self, identity: tuple[str, str, str]) -> None:
+    def adopt(self, identity: tuple[str, str, str], *, replace: bool = False) -> None:
         """Use a run another process resolved (DDP ranks other than 0); never creates or ends it."""
         with self._lock:
-            if self._run_id is None:
+            if self._run_id is None or (replace and self._run_id != identity[0]):
                 self._run_id, self._experiment_id, self._resolved_experiment_name = identity
 
     @property
@@ -203,30 +237,40 @@ class RunSession:
                 return
             probe_server(self.tracking_uri, self._server_wait)
             run, origin = self._find_run()
-            if run is None:
-                if not self._may_create():
+            if not self._may_create():
+                if run is None:
                     raise LightningMLflowError(
                         "This process is not global rank 0, and the run is not known here yet: rank 0 creates it "
                         "and hands its id to the other ranks when the Trainer sets up. Read the logger's run id, "
-                        "name or version after trainer.fit() has started, or pass run_id (or MLFLOW_RUN_ID)."
+                        "name or version after trainer.fit() has started, or pass run_id (or MLFLOW_RUN_ID). "
+                        "With fit(ckpt_path='last') and several processes, name the run (run_id=, MLFLOW_RUN_ID) or "
+                        "give the ModelCheckpoint a dirpath, so every rank finds the same last checkpoint."
                     )
+                # Another rank's run: this process knows it, and never writes into it or ends it.
+                self._set_identity(run, origin)
+                return
+            if run is None:
                 run = self._create_run()
                 origin = "created"
             assert origin is not None
-            self._origin = origin
-            self._run_id = run.info.run_id
-            self._experiment_id = run.info.experiment_id
-            self._resolved_experiment_name = self._experiment_name_of(run.info.experiment_id)
+            self._set_identity(run, origin)
             if origin == "created":
-                self._owns_run = True
+                self._owns_run = self._end_run is not False
                 self._running = True
                 _open_sessions.add(self)
                 self._record_code_diff(run.data.tags)
+                self._fresh = True
             else:
                 self._initial_tags = dict(run.data.tags)
                 self._attach(run)
-            if journal_path(self.save_dir, self._run_id).exists():
+            if journal_path(self.save_dir, run.info.run_id).exists():
                 _ = self.writer  # an earlier process left undelivered writes: replay them now
+
+    def _set_identity(self, run: Run, origin: Origin | None) -> None:
+        self._origin = origin
+        self._run_id = run.info.run_id
+        self._experiment_id = run.info.experiment_id
+        self._resolved_experiment_name = self._experiment_name_of(run.info.experiment_id)
 
     def _find_run(self) -> tuple[Run | None, Origin | None]:
         if self._requested_run_id:
@@ -247,7 +291,27 @@ class RunSession:
         env_run_id = os.environ.get("MLFLOW_RUN_ID")
         if env_run_id:
             return self._get_existing_run(env_run_id, "MLFLOW_RUN_ID"), "env_run_id"
+        if self._checkpoint_run_id:
+            return self._checkpoint_run(self._checkpoint_run_id), "checkpoint"
         return None, None
+
+    def _checkpoint_run(self, run_id: str) -> Run | None:
+        """The run a checkpoint was trained in, if this store has it (and it is not deleted)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            log.warning(
+                "The checkpoint being resumed was trained in MLflow run %s, which is not in the tracking store %s "
+                "(or is deleted); this fit is recorded in a new run.",
+                run_id,
+                self.tracking_uri,
+            )
+            return None
+        return run
 
     def _get_existing_run(self, run_id: str, source: str) -> Run:
         try:
@@ -299,6 +363,7 @@ class RunSession:
         experiment_id = self._experiment_id_for_new_run()
         tags = dict(self._tags)
         tags[OWNER_TAG] = OWNER
+        tags[HEARTBEAT_TAG] = heartbeat()
         if self._parent_run_id:
             self._get_existing_run(self._parent_run_id, "parent_run_id")
             tags[MLFLOW_PARENT_RUN_ID] = self._parent_run_id
@@ -325,20 +390,35 @@ class RunSession:
     def _attach(self, run: Run) -> None:
         """Apply tags and name to a run found elsewhere; reopen it if it had ended."""
         status = run.info.status
-        if self._origin == "active_run" or status == RunStatus.to_string(RunStatus.RUNNING):
+        running = status == RunStatus.to_string(RunStatus.RUNNING)
+        ours = run.data.tags.get(OWNER_TAG) == OWNER
+        abandoned = running and ours and heartbeat_stopped(run.data.tags.get(HEARTBEAT_TAG))
+        if abandoned:
+            log.warning(
+                "MLflow run %s is RUNNING, but the process that wrote into it is gone (heartbeat %s): it was "
+                "killed without ending the run. This process continues the run and ends it.",
+                run.info.run_id,
+                run.data.tags.get(HEARTBEAT_TAG),
+            )
+        tags: dict[str, str] = {}
+        if self._origin != "checkpoint" and not abandoned and (self._origin == "active_run" or running):
             # Someone else keeps this run open (a `with mlflow.start_run()`, a pipeline): leave it as found.
-            self._owns_run = False
+            self._owns_run = bool(self._end_run)
             self._running = True
         else:
-            # An ended run being continued is RUNNING while we log. A run of this package's then ends the
-            # usual way; anyone else's gets back the status it was found in (unless this session fails).
-            self._owns_run = True
-            if run.data.tags.get(OWNER_TAG) != OWNER:
+            # A run being continued (an ended one, or one resumed from its own checkpoint) is RUNNING while we
+            # log. A run of this package's then ends the usual way; anyone else's gets back the status it was
+            # found in (unless this session fails).
+            self._owns_run = self._end_run is not False
+            if not ours:
                 self._found_status = status
-            self.client.update_run(run.info.run_id, status="RUNNING")
+            if not running:
+                self.client.update_run(run.info.run_id, status="RUNNING")
             self._running = True
-            _open_sessions.add(self)
-        tags = {k: v for k, v in code_state(source_dir()).items() if k not in run.data.tags}
+            tags[HEARTBEAT_TAG] = heartbeat()
+        if self._ends_on_failure:
+            _open_sessions.add(self)  # a pipeline step that fails ends the run (nobody else will)
+        tags.update({k: v for k, v in code_state(source_dir()).items() if k not in run.data.tags})
         tags.update(self._tags)
         if self._run_name:
             tags[MLFLOW_RUN_NAME] = self._run_name
@@ -359,6 +439,8 @@ class RunSession:
                         run_id,
                         self._journal(run_id),
                         synchronous=self._synchronous,
+                        heartbeat=lambda: [(HEARTBEAT_TAG, heartbeat())],
+                        heartbeat_interval=HEARTBEAT_INTERVAL,
                     )
         return self._writer
 
@@ -373,6 +455,7 @@ class RunSession:
             run_id = self.run_id
             staging = Path(self.save_dir) / ".mlflow-uploads"
             self._uploader = ArtifactUploader(self.client, run_id, self.tracking_uri, staging)
+        self._fresh = False
         return self._uploader
 
     def _journal(self, run_id: str) -> Journal:
@@ -391,12 +474,19 @@ class RunSession:
         with self._lock:
             if not self._running and self._owns_run:
                 self.writer.set_status("RUNNING")
+            if self._owns_run or self._ends_on_failure:
                 _open_sessions.add(self)
             self._running = True
+
+    @property
+    def _ends_on_failure(self) -> bool:
+        """A failure ends the run: always, but for a user's own active run (their ``with`` block ends it)."""
+        return self._origin != "active_run" or bool(self._end_run)
 
     def log_metrics(self, points: list[MetricPoint]) -> None:
         if not self._running:
             self.ensure_running()
+        self._fresh = False
         self.writer.log_metrics(points)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -413,12 +503,14 @@ class RunSession:
     def log_params(self, params: Mapping[str, str]) -> None:
         if params:
             self.ensure_running()
+            self._fresh = False
             self.logged_params().update(params)
             self.writer.log_params(list(params.items()))
 
     def log_datasets(self, splits: Mapping[str, str | os.PathLike[str]]) -> dict[str, Fingerprint]:
         """One dataset input per split, with a git/DVC source; returns the fingerprints."""
         self.ensure_running()
+        self._fresh = False
         return log_datasets(self.client, self.run_id, splits)
 
     def flush(self, timeout: float | None = None) -> DeliveryReport:
@@ -427,16 +519,19 @@ class RunSession:
         return self._writer.flush(timeout)
 
     def end(self, status: FinalStatus, timeout: float | None = None, *, at_exit: bool = False) -> DeliveryReport:
-        """Give an owned run its final status after everything queued, and wait for delivery.
+        """Give the run its final status after everything queued, and wait for delivery.
 
-        A borrowed run stays open. What the store does not take within the wait stays in the journal.
+        An owned run ends; a borrowed one stays open on success, and ends FAILED / KILLED when this process
+        fails (nobody else will end a pipeline's run then), except a user's own active run. What the store does
+        not take within the wait stays in the journal.
         """
         if self._run_id is None:
             return DeliveryReport()
         with self._lock:
             if status != "FINISHED":
                 self._worst_status = status
-            if self._running and self._owns_run:
+            failed = self._worst_status is not None
+            if self._running and (self._owns_run or (failed and self._ends_on_failure)):
                 # A failed fit stays FAILED through a later successful test(); someone else's run gets its
                 # own status back.
                 final = self._worst_status or self._found_status or status
@@ -451,6 +546,54 @@ class RunSession:
             parked = self._writer.park()
             report.pending, report.journal = parked.pending, parked.journal
         return report
+
+    def resume_from_checkpoint(self, run_id: str) -> bool:
+        """A fit resumes from a checkpoint trained in ``run_id``: continue that run, not a new one.
+
+        Before the run is resolved, the checkpoint's run becomes the run (after an explicit ``run_id``, the
+        active run and ``MLFLOW_RUN_ID``). A run this session created moments ago for the fit (Lightning's
+        ModelCheckpoint asks for the run id before the checkpoint is read) and wrote nothing into is deleted
+        for it. Returns True when the session now writes into ``run_id``.
+        """
+        with self._lock:
+            if self._run_id == run_id:
+                return True
+            if self._run_id is None:
+                self._checkpoint_run_id = run_id
+                self._resolve()
+                return self._run_id == run_id
+            if not (self._fresh and self._origin == "created") or self._checkpoint_run(run_id) is None:
+                return False
+            self._discard_fresh_run()
+            self._checkpoint_run_id = run_id
+            self._resolve()
+            return self._run_id == run_id
+
+    def _discard_fresh_run(self) -> None:
+        """Delete the run this session just created and wrote nothing into; forget it."""
+        fresh = self._run_id
+        assert fresh is not None
+        if self._writer is not None:
+            self._writer.flush(self._flush_timeout)
+            self._writer.park()
+            journal_path(self.save_dir, fresh).unlink(missing_ok=True)
+        if self._uploader is not None:
+            self._uploader.flush(self._flush_timeout)
+        self.client.delete_run(fresh)
+        _open_sessions.discard(self)
+        self._writer = None
+        self._uploader = None
+        self._run_id = self._experiment_id = self._resolved_experiment_name = None
+        self._origin = None
+        self._owns_run = self._running = self._fresh = False
+        self._logged_params = None
+        self._initial_tags = {}
+
+    def metric_steps(self) -> dict[str, int]:
+        """The last step of every metric the run holds (what a resumed fit must not send again)."""
+        self.flush(self._flush_timeout)  # a journal an earlier process left is part of the run
+        proto = self.client.get_run(self.run_id).data.to_proto()
+        return {metric.key: int(metric.step) for metric in proto.metrics}
 
     # ---- pickling (a Trainer holding the logger can be pickled, ddp_spawn) -------------------
 
@@ -469,8 +612,9 @@ class RunSession:
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        if self._running and self._owns_run:
-            _open_sessions.add(self)
+        # A copy in another process (a ddp_spawn worker) marks the run RUNNING again before it writes: the
+        # process it came from may have ended a stage since the run was resolved.
+        self._running = False
 
 
 #: Sessions whose run is RUNNING because of them; strong references, so a logger dropped without

@@ -71,6 +71,8 @@ class RunWriter:
         flush_interval: float = 1.0,
         max_queued_points: int = 250_000,
         retry_delays: tuple[float, float] = (0.25, 10.0),
+        heartbeat: Callable[[], list[KeyValue]] | None = None,
+        heartbeat_interval: float = 60.0,
     ) -> None:
         self._transport = transport
         self._run_id = run_id
@@ -97,6 +99,11 @@ class RunWriter:
         self._reported: set[str] = set()
         self._unreachable_since: float | None = None
         self._thread: threading.Thread | None = None
+        # Tags renewed every heartbeat_interval while the run is RUNNING (not after a final status).
+        self._heartbeat = heartbeat
+        self._heartbeat_interval = heartbeat_interval
+        self._next_beat = time.monotonic() + heartbeat_interval
+        self._beating = True
         if self._spilling:
             self._start()
 
@@ -119,9 +126,10 @@ class RunWriter:
             self._submit(Record(tags=tags))
 
     def set_status(self, status: str, end_time: int | None = None) -> None:
+        self._beating = status == "RUNNING"
         self._submit(Record(status=status, end_time=end_time))
 
-    def _submit(self, record: Record) -> None:
+    def _submit(self, record: Record, *, wait: bool = True) -> None:
         size = record.size
         with self._lock:
             self._enqueued += size
@@ -138,7 +146,7 @@ class RunWriter:
                 full = False
         if full or self._synchronous:
             self._wake.set()
-        if self._synchronous:
+        if self._synchronous and wait:
             self._wait_synchronously()
 
     def _wait_synchronously(self) -> None:
@@ -214,9 +222,16 @@ class RunWriter:
             self._drain(everything)
             if self._park.is_set():
                 return
+            self._beat()
             # Woken early (1000 points waiting, or a flush): full batches. Woken by the clock: all there is.
             everything = not self._wake.wait(self._flush_interval)
             self._wake.clear()
+
+    def _beat(self) -> None:
+        if self._heartbeat is None or not self._beating or time.monotonic() < self._next_beat:
+            return
+        self._next_beat = time.monotonic() + self._heartbeat_interval
+        self._submit(Record(tags=self._heartbeat()), wait=False)  # on the worker: never wait on itself
 
     def _drain(self, everything: bool) -> None:
         """Send what is queued on a wake-up, then keep going only while full batches wait, a flush waits, or
