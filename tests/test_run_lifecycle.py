@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -353,3 +354,19 @@ def test_an_uncaught_exception_outside_a_trainer_leaves_the_run_failed(tracking_
     )
     assert "data loader broke" in done.stderr
     assert client.get_run(printed_run_id(done.stdout)).info.status == "FAILED"
+
+
+def test_importing_the_package_leaves_the_root_logger_alone(tmp_path):
+    # mlflow.pytorch's Lightning autolog module calls logging.basicConfig(level=ERROR) at import, which would
+    # hide every warning of the process, this package's "points not delivered" included.
+    code = (
+        "import logging; from lightning_mlflow_ext import MLflowLogger, MLflowCallback, load_model\n"
+        "import lightning_mlflow_ext.logger, lightning_mlflow_ext.bridge\n"
+        "from lightning_mlflow_ext.models import mlflow_pytorch; mlflow_pytorch()\n"
+        "root = logging.getLogger(); print(root.level, len(root.handlers))\n"
+        "logging.getLogger('lightning_mlflow_ext.session').warning('still heard')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(logging.WARNING), "0"]
+    assert "still heard" in done.stderr

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from lightning_mlflow_ext.errors import LightningMLflowError
 from lightning_mlflow_ext.lineage.errors import LineageError
+from lightning_mlflow_ext.lineage.fingerprint import Fingerprint, fingerprint
 from lightning_mlflow_ext.logger import MLflowLogger
 from lightning_mlflow_ext.media import artifact_path
 
@@ -71,6 +72,7 @@ class MLflowCallback(Callback):
         self.lineage = lineage
         self.figures = dict(figures or {})
         self._digests: dict[str, str] = {}
+        self._fingerprints: dict[str, Fingerprint] = {}
         self._trainer_logger: MLflowLogger | None = None
         for name in self.figures:
             artifact_path(name, what="figure name")
@@ -88,28 +90,48 @@ class MLflowCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         logger = self._logger(trainer)  # fail before training, not at the first epoch end
         self._trainer_logger = logger
+        self._fingerprints = {}
         if stage != "fit" or self.lineage == "off":
             return
         datamodule = getattr(trainer, "datamodule", None)
         splits = self.datasets or _as_splits(getattr(datamodule, "mlflow_datasets", None))
         if not splits:
             return
-        fingerprints = logger.log_datasets(splits)
-        self._digests = {split: fp.digest for split, fp in fingerprints.items()}
-        problems = [
-            f"{split}: {problem}"
-            for split, fp in fingerprints.items()
-            if not fp.reproducible
-            for problem in (fp.problems or ("not at a clean, committed (and for DVC, pushed) version",))
-        ]
-        if fingerprints:
-            logger.set_lineage_tags("incomplete" if problems else "reproducible", problems)
+        # Fingerprinted now (the checkpoint being resumed is compared with them), by rank 0 for every rank: the
+        # data is read once, and lineage="strict" stops every rank, not just one.
+        self._fingerprints = logger._from_rank_zero(
+            trainer, lambda: {split: fingerprint(path) for split, path in splits.items()}
+        )
+        self._digests = {split: fp.digest for split, fp in self._fingerprints.items()}
+        problems = self._problems()
         if problems and self.lineage == "strict":
+            self._record(trainer)  # the refused run says which data and why
             raise LineageError(
                 "lineage='strict': the fit would train on data that cannot be fetched again exactly: "
                 + "; ".join(problems)
                 + ". Commit (and `dvc push`) the data and code, or use lineage='warn'."
             )
+
+    def _problems(self) -> list[str]:
+        return [
+            f"{split}: {problem}"
+            for split, fp in self._fingerprints.items()
+            if not fp.reproducible
+            for problem in (fp.problems or ("not at a clean, committed (and for DVC, pushed) version",))
+        ]
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Logged once the checkpoint being resumed (if any) has chosen the run: after setup.
+        self._record(trainer)
+
+    def _record(self, trainer: pl.Trainer) -> None:
+        logger = self._trainer_logger
+        if logger is None or not self._fingerprints or trainer.global_rank != 0:
+            return
+        logger.log_datasets(self._fingerprints)
+        problems = self._problems()
+        logger.set_lineage_tags("incomplete" if problems else "reproducible", problems)
         if problems:
             log.warning("The data of this fit cannot be fetched again exactly: %s", "; ".join(problems))
 

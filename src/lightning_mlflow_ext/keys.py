@@ -20,6 +20,8 @@ from typing import Any
 
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from lightning_mlflow_ext.urls import strip_url_credentials
+
 __all__ = [
     "MAX_ENTITY_KEY_LENGTH",
     "MAX_PARAM_VAL_LENGTH",
@@ -498,17 +500,6 @@ def redact_secrets(params: dict[str, str]) -> dict[str, str]:
 # quotes and brackets, so in rendered text such as "{'a': 'https://host', 'b': 'x@y'}" the match cannot run
 # from one value into the next. "@" is allowed inside and matching is greedy, so a raw "@" in a password
 # ("user:p@ss@host") is stripped up to the last "@". scp-like "git@host:repo" has no "://" and is left alone.
-_URL_USERINFO = re.compile(r"""([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#"'<>\[\]{}|\\^`]*@""")
-
-
-def strip_url_credentials(text: str) -> str:
-    """Remove the ``user:password@`` or ``token@`` part of every URL in ``text``."""
-    if "@" not in text:
-        # Nearly every value has no "@"; skip the regex scan for them.
-        return text
-    return _URL_USERINFO.sub(r"\1", text)
-
-
 # ---- lengths ------------------------------------------------------------------------------------------
 
 

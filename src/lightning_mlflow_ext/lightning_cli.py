@@ -19,6 +19,10 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
+
+# Before this package's keys module: importing MLflow loads its mlflow.dataset_source entry points, which import
+# keys, and would find it half-initialized if keys (which imports MLflow) came first.
+import mlflow  # noqa: F401
 import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import SaveConfigCallback
@@ -46,26 +50,54 @@ def _redact(value: Any, path: str) -> Any:
     return value
 
 
+def _mlflow_loggers(trainer: pl.Trainer) -> list[MLflowLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, MLflowLogger)]
+
+
 class MLflowSaveConfigCallback(SaveConfigCallback):
     """Lightning's ``SaveConfigCallback`` that also records the config in the run of every ``MLflowLogger``.
 
     Pass it as ``LightningCLI(..., save_config_callback=MLflowSaveConfigCallback)``; ``save_config_kwargs``
     (``config_filename``, ``overwrite``, ``multifile``, ``save_to_log_dir``) work as for Lightning's callback.
-    At the start of the first stage, on rank 0, each ``MLflowLogger`` of the Trainer receives:
+    Once, on rank 0, each ``MLflowLogger`` of the Trainer receives:
 
     * the artifact ``config.yaml`` (``config_filename``): the resolved config, as the CLI dumps it;
-    * the config as params, flattened with ``/`` like every hyperparameter (``model/lr``, or
-      ``model/init_args/lr`` for a ``class_path`` model, ``trainer/max_epochs``, ``data/batch_size``).
+    * the config as params under ``config/``, flattened with ``/`` like every hyperparameter
+      (``config/model/lr``, or ``config/model/init_args/lr`` for a ``class_path`` model,
+      ``config/trainer/max_epochs``, ``config/data/batch_size``). The prefix keeps them apart from the
+      hyperparameters Lightning logs itself (the model's ``lr``, ``optimizer``, ...); set ``param_prefix``
+      in a subclass to change it (``""``: none).
 
-    Secret-looking keys and credentials in URLs are removed from both, as from every param. The local copy is
-    written as Lightning does, except that with an ``MLflowLogger`` first in the Trainer it goes into the run's
-    own folder, ``logger.log_dir`` (``save_dir/<experiment>/<run id>/config.yaml``): Lightning's ``trainer.log_dir``
-    is the logger's ``save_dir``, shared by every run, where a second run would find the first one's config and
-    refuse to start.
+    Secret-looking keys and credentials in URLs are removed from both, as from every param.
+
+    The local copy is written as Lightning does, except with an ``MLflowLogger`` first in the Trainer: then it
+    goes into the run's own folder, ``logger.log_dir`` (``save_dir/<experiment>/<run id>/config.yaml``).
+    Lightning's ``trainer.log_dir`` is that logger's ``save_dir``, shared by every run, where a second run would
+    find the first one's config and refuse to start. A config already in the run's folder is from an earlier
+    invocation of the same run (a resumed fit, ``run_id=``), and is replaced, as is the artifact.
+
+    In a fit, all this happens when training (or its sanity check) starts rather than at ``setup``: a fit that
+    resumes from a checkpoint continues the checkpoint's run, which is known only once the checkpoint is read.
     """
+
+    param_prefix: str = "config"
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and _mlflow_loggers(trainer):
+            return  # on_sanity_check_start / on_train_start, after Lightning restores a checkpoint
+        self._save(trainer, pl_module, stage)
+
+    @override
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module, "fit")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module, "fit")
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """``SaveConfigCallback.setup`` with the local copy in the run's folder."""
         if self.already_saved:
             return
         if self.save_to_log_dir:
@@ -73,26 +105,21 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
         if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
-        # every rank agrees on future calls to setup(), as in Lightning's callback
+        # every rank agrees on future calls, as in Lightning's callback
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
-    def _local_dir(self, trainer: pl.Trainer) -> str:
-        first = trainer.loggers[0] if trainer.loggers else None
-        if not isinstance(first, MLflowLogger):
-            log_dir = trainer.log_dir  # broadcasts
-            assert log_dir is not None
-            return log_dir
-        # The run is resolved on rank 0; the other ranks take its folder from there.
-        path = first.log_dir if trainer.is_global_zero else ""
-        folder: str = trainer.strategy.broadcast(path)
-        return folder
-
     def _save_locally(self, trainer: pl.Trainer) -> None:
-        """Lightning's behaviour, in the run's folder: refuse to overwrite unless ``overwrite=True``."""
-        log_dir = self._local_dir(trainer)
+        first = trainer.loggers[0] if trainer.loggers else None
+        if isinstance(first, MLflowLogger):
+            # The run is resolved on rank 0; the other ranks take its folder from there.
+            log_dir: str | None = trainer.strategy.broadcast(first.log_dir if trainer.is_global_zero else "")
+        else:
+            log_dir = trainer.log_dir  # broadcasts
+        assert log_dir
         config_path = os.path.join(log_dir, self.config_filename)
         fs = get_filesystem(log_dir)
-        if not self.overwrite:
+        overwrite = self.overwrite or isinstance(first, MLflowLogger)  # the run's folder: see the class doc
+        if not overwrite:
             exists = fs.isfile(config_path) if trainer.is_global_zero else False
             if trainer.strategy.broadcast(exists):
                 raise RuntimeError(
@@ -102,13 +129,11 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
                 )
         if trainer.is_global_zero:
             fs.makedirs(log_dir, exist_ok=True)
-            self.parser.save(
-                self.config, config_path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
-            )
+            self.parser.save(self.config, config_path, skip_none=False, overwrite=overwrite, multifile=self.multifile)
 
     @override
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, MLflowLogger)]
+        loggers = _mlflow_loggers(trainer)
         if not loggers:
             # save_config runs on rank 0 only
             log.warning(
@@ -118,8 +143,9 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
             )
             return
         text, config = self._config_text()
+        params = {self.param_prefix: config} if self.param_prefix else config
         for logger in loggers:
-            logger.log_hyperparams(config)
+            logger.log_hyperparams(params)
             logger.log_text(text, self.config_filename)
 
     def _config_text(self) -> tuple[str, dict[str, Any]]:

@@ -187,6 +187,7 @@ class MLflowLogger(Logger):
         self._axes_seeded = False
         self._dataset_digests: dict[str, str] = {}
         self._resume_floor: dict[str, int] = {}  # key -> last step the run held when this fit resumed
+        self._unpickled = False  # a copy in another process (ddp_spawn): the run may hold points it never saw
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -364,7 +365,7 @@ class MLflowLogger(Logger):
 
     # ---- data lineage -------------------------------------------------------------------------
 
-    def log_datasets(self, splits: Mapping[str, str | os.PathLike[str]]) -> dict[str, Fingerprint]:
+    def log_datasets(self, splits: Mapping[str, str | os.PathLike[str] | Fingerprint]) -> dict[str, Fingerprint]:
         """Record ``{"train": path, ...}`` as the run's dataset inputs (git/DVC sources); rank 0 only."""
         if not _is_global_rank_zero():
             return {}
@@ -593,6 +594,11 @@ class MLflowLogger(Logger):
 
     def _begin_stage(self, trainer: pl.Trainer) -> None:
         self._session.ensure_running()
+        if self._unpickled:
+            # A ddp_spawn worker starts from the trainer state of the main process (global step 0 for a test()
+            # after a spawned fit): what the run holds at the steps it replays is not sent again.
+            self._unpickled = False
+            self._resume_floor = self._from_store(self._session.metric_steps, {})
         if trainer.state.fn == "fit":
             self._session.begin_fit()
         self._seed_axes()
@@ -712,3 +718,7 @@ class MLflowLogger(Logger):
         state["_trainer"] = None  # the trainer holds this logger; it binds again at setup
         state["_mirror"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._unpickled = True

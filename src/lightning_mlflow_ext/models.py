@@ -5,12 +5,14 @@ Built with explicit client calls: ``mlflow.pytorch.log_model`` reads the global 
 
 from __future__ import annotations
 
+import importlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
+from types import ModuleType
 from typing import Any
 
-import mlflow.pytorch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -21,6 +23,18 @@ BEST_ALIAS = "best"
 class LoggedBestModel:
     model_id: str
     registered_version: str | None
+
+
+def mlflow_pytorch() -> ModuleType:
+    """``mlflow.pytorch``, imported without the side effect of its Lightning autolog module: that calls
+    ``logging.basicConfig(level=ERROR)`` at import, which silences every warning of the process (ours too)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        return importlib.import_module("mlflow.pytorch")
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def _requirements() -> list[str]:
@@ -48,7 +62,7 @@ def log_best_model(
     try:
         with tempfile.TemporaryDirectory() as folder:
             path = f"{folder}/model"
-            mlflow.pytorch.save_model(module, path, serialization_format="pickle", pip_requirements=_requirements())
+            mlflow_pytorch().save_model(module, path, serialization_format="pickle", pip_requirements=_requirements())
             client.log_model_artifacts(logged.model_id, path)
         client.finalize_logged_model(logged.model_id, "READY")
     except Exception:

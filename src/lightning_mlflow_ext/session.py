@@ -474,6 +474,8 @@ class RunSession:
         with self._lock:
             if not self._running and self._owns_run:
                 self.writer.set_status("RUNNING")
+            elif self._writer is not None:
+                self._writer.set_heartbeat(True)
             if self._owns_run or self._ends_on_failure:
                 _open_sessions.add(self)
             self._running = True
@@ -507,7 +509,7 @@ class RunSession:
             self.logged_params().update(params)
             self.writer.log_params(list(params.items()))
 
-    def log_datasets(self, splits: Mapping[str, str | os.PathLike[str]]) -> dict[str, Fingerprint]:
+    def log_datasets(self, splits: Mapping[str, str | os.PathLike[str] | Fingerprint]) -> dict[str, Fingerprint]:
         """One dataset input per split, with a git/DVC source; returns the fingerprints."""
         self.ensure_running()
         self._fresh = False
@@ -536,6 +538,8 @@ class RunSession:
                 # own status back.
                 final = self._worst_status or self._found_status or status
                 self.writer.set_status(final, int(time.time() * 1000))
+            elif self._writer is not None:
+                self._writer.set_heartbeat(False)
             self._running = False
             _open_sessions.discard(self)
         report = DeliveryReport()
@@ -579,6 +583,7 @@ class RunSession:
             journal_path(self.save_dir, fresh).unlink(missing_ok=True)
         if self._uploader is not None:
             self._uploader.flush(self._flush_timeout)
+        self.client.set_terminated(fresh, "KILLED")  # in the trash, it must not look like a live run
         self.client.delete_run(fresh)
         _open_sessions.discard(self)
         self._writer = None

@@ -129,6 +129,10 @@ class RunWriter:
         self._beating = status == "RUNNING"
         self._submit(Record(status=status, end_time=end_time))
 
+    def set_heartbeat(self, on: bool) -> None:
+        """Renew the heartbeat tags while this process works in the run (a stage), not after."""
+        self._beating = on
+
     def _submit(self, record: Record, *, wait: bool = True) -> None:
         size = record.size
         with self._lock:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL
 
-from lightning_mlflow_ext.keys import strip_url_credentials
 from lightning_mlflow_ext.lineage.content import nearest_dir
 from lightning_mlflow_ext.lineage.errors import SourceLoadError
+from lightning_mlflow_ext.urls import strip_url_credentials
 
 __all__ = [
     "DIFF_LIMIT",
