@@ -188,6 +188,7 @@ class MLflowLogger(Logger):
         self._dataset_digests: dict[str, str] = {}
         self._resume_floor: dict[str, int] = {}  # key -> last step the run held when this fit resumed
         self._unpickled = False  # a copy in another process (ddp_spawn): the run may hold points it never saw
+        self._standalone = False  # used as a context manager, without a Trainer
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -463,7 +464,7 @@ class MLflowLogger(Logger):
     def finalize(self, status: str = "success") -> None:
         if not self._session.resolved:
             return
-        if self._trainer is None:
+        if self._trainer is None and not self._standalone:
             # Only Lightning calls finalize; without the bridge's setup the logger never saw the Trainer.
             self._warn_once(
                 "no-bridge",
@@ -471,7 +472,7 @@ class MLflowLogger(Logger):
                 "entry point (is lightning-mlflow-ext pip-installed?). Epoch-level metrics were recorded at the "
                 "global step; add lightning_mlflow_ext.bridge.MLflowTrainerBridge() to the Trainer's callbacks.",
             )
-        elif self._trainer.state.fn == "fit":
+        elif self._trainer is not None and self._trainer.state.fn == "fit":
             self._fit_ended = True
             self._resume_floor = {}
         if self._axes.repeated:
@@ -579,6 +580,19 @@ class MLflowLogger(Logger):
         if keys:
             tags[EPOCH_AXIS_KEYS_TAG] = truncate_value(",".join(keys), MAX_TAG_VALUE)[0]
         self._session.set_tags(tags)
+
+    # ---- without a Trainer (a pipeline step that does not train) --------------------------------
+
+    def __enter__(self) -> MLflowLogger:
+        """``with MLflowLogger(...) as logger:`` records into the run and ends the block the way a fit ends:
+        the run's status follows the block (an exception: FAILED, Ctrl-C: KILLED), ``end_run`` applies."""
+        self._standalone = True
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self._note_exception(exc)
+        self.finalize("success" if exc is None else "failed")
 
     # ---- called by the bridge callback (lightning_mlflow_ext.bridge) ----------------------------
 

@@ -53,6 +53,8 @@ HEARTBEAT_TAG = TAG_PREFIX + "heartbeat"
 HEARTBEAT_INTERVAL = 60.0
 #: A heartbeat from another host older than this means its process is gone.
 HEARTBEAT_STALE_AFTER = 5 * HEARTBEAT_INTERVAL
+#: The heartbeat of a run a process left RUNNING on purpose, for the next step of a pipeline.
+RELEASED = "released"
 
 FinalStatus = Literal["FINISHED", "FAILED", "KILLED"]
 Origin = Literal["created", "run_id", "active_run", "env_run_id", "checkpoint"]
@@ -538,8 +540,10 @@ class RunSession:
                 # own status back.
                 final = self._worst_status or self._found_status or status
                 self.writer.set_status(final, int(time.time() * 1000))
-            elif self._writer is not None:
-                self._writer.set_heartbeat(False)
+            elif self._running and self._may_create():
+                # Left open on purpose (a pipeline step, the user's own run): not a dead process's run.
+                self.writer.set_heartbeat(False)
+                self.writer.set_tags([(HEARTBEAT_TAG, RELEASED)])
             self._running = False
             _open_sessions.discard(self)
         report = DeliveryReport()
