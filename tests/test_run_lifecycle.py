@@ -370,3 +370,18 @@ def test_importing_the_package_leaves_the_root_logger_alone(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(logging.WARNING), "0"]
     assert "still heard" in done.stderr
+
+
+def test_fitting_a_fixed_model_on_the_same_trainer_after_a_failure_starts_a_new_run(tracking_uri, client,
+                                                                                     experiment_name):
+    # The notebook habit: the fit cell failed, the model cell is fixed and run again, then the fit cell.
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    trainer = make_trainer(logger, max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(TinyModel(fail_at_step=2), TinyData())
+    failed = logger.run_id
+    trainer.fit(TinyModel(lr=0.3), TinyData())
+    assert logger.run_id != failed
+    assert client.get_run(failed).info.status == "FAILED"  # the failure stays on record
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    assert client.get_run(logger.run_id).data.params["lr"] == "0.3"

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "MLflowLogger": "lightning_mlflow_ext.logger",
     "MLflowCallback": "lightning_mlflow_ext.callback",
+    "autolog": "lightning_mlflow_ext.autologging",
     "load_checkpoint": "lightning_mlflow_ext.loading",
     "load_model": "lightning_mlflow_ext.loading",
     "DeletedExperimentError": "lightning_mlflow_ext.errors",
@@ -26,6 +27,7 @@ _PUBLIC = {
 }
 
 if TYPE_CHECKING:
+    from lightning_mlflow_ext.autologging import autolog
     from lightning_mlflow_ext.callback import MLflowCallback
     from lightning_mlflow_ext.errors import (
         DeletedExperimentError,
@@ -60,6 +62,7 @@ __all__ = [
     "TrackingServerUnavailableError",
     "WriteRefusedError",
     "__version__",
+    "autolog",
     "load_checkpoint",
     "load_model",
 ]

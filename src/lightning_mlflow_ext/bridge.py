@@ -115,8 +115,3 @@ class MLflowTrainerBridge(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         for logger in _mlflow_loggers(trainer):
             logger._note_exception(exception)
-
-
-def callbacks_factory() -> list[Callback]:
-    """Entry point of ``lightning.pytorch.callbacks_factory``: the bridge, for every Trainer."""
-    return [MLflowTrainerBridge()]

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from argparse import Namespace
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -26,6 +27,7 @@ from typing_extensions import override
 from lightning_mlflow_ext.artifacts import snapshot
 from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
 from lightning_mlflow_ext.checkpoints import PARTIAL_TAG, CheckpointMirror
+from lightning_mlflow_ext.coexist import mute_mlflow_autolog_metrics
 from lightning_mlflow_ext.errors import LightningMLflowError
 from lightning_mlflow_ext.keys import (
     NameMapper,
@@ -39,6 +41,7 @@ from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
 from lightning_mlflow_ext.models import BEST_ALIAS, log_best_model
 from lightning_mlflow_ext.session import TAG_PREFIX, FinalStatus, RunSession
+from lightning_mlflow_ext.summaries import trainer_callbacks
 from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.writer import MetricPoint
 
@@ -189,6 +192,7 @@ class MLflowLogger(Logger):
         self._resume_floor: dict[str, int] = {}  # key -> last step the run held when this fit resumed
         self._unpickled = False  # a copy in another process (ddp_spawn): the run may hold points it never saw
         self._standalone = False  # used as a context manager, without a Trainer
+        self._fitted_module: weakref.ReferenceType[pl.LightningModule] | None = None
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -599,12 +603,31 @@ class MLflowLogger(Logger):
     def _bind_trainer(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
         self._at_epoch_end = False
-        if trainer.state.fn == "fit" and self._fit_ended and trainer.global_step == 0 and trainer.ckpt_path is None:
-            self._start_over()
+        if trainer.state.fn == "fit" and self._fit_ended and trainer.ckpt_path is None:
+            # A new fit from scratch, or of another model (a notebook cell fixed and the fit cell run again on
+            # the same Trainer); the same model fitted further on the same Trainer continues the run.
+            module = trainer.lightning_module
+            if trainer.global_step == 0 or self._fitted_module is None or self._fitted_module() is not module:
+                self._start_over()
+        if trainer.state.fn == "fit":
+            self._fitted_module = weakref.ref(trainer.lightning_module)
+        self._mute_mlflow_autolog(trainer)
         # Rank 0 resolves the run; every other rank takes its identity instead of resolving on its own.
         self._session.adopt(self._from_rank_zero(trainer, lambda: self._session.identity), replace=True)
         if trainer.global_rank == 0:
             self._begin_stage(trainer)
+
+    def _mute_mlflow_autolog(self, trainer: pl.Trainer) -> None:
+        muted = mute_mlflow_autolog_metrics(trainer_callbacks(trainer))
+        if muted is None:
+            return
+        self._warn_once(
+            "mlflow-autolog",
+            "mlflow.pytorch.autolog() is on as well: lightning_mlflow_ext records the metrics (once per key and "
+            "step) and MLflow's autolog callback no longer does for this Trainer"
+            + ("." if muted else ", but it could not be muted: its points may be stored twice.")
+            + " Call mlflow.pytorch.autolog(disable=True) to record with lightning_mlflow_ext alone.",
+        )
 
     def _begin_stage(self, trainer: pl.Trainer) -> None:
         self._session.ensure_running()
@@ -731,6 +754,7 @@ class MLflowLogger(Logger):
         state = self.__dict__.copy()
         state["_trainer"] = None  # the trainer holds this logger; it binds again at setup
         state["_mirror"] = None
+        state["_fitted_module"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -634,7 +634,9 @@ _open_sessions: set[RunSession] = set()
 @atexit.register
 def _end_runs_left_open() -> None:
     """No run this package opened stays RUNNING after the interpreter exits."""
-    uncaught = getattr(sys, "last_value", None)
+    # An uncaught exception leaves sys.last_value; a Jupyter kernel sets it for every cell that raised, long
+    # past, and a kernel shutting down is not a crash (a fit that failed in a cell already ended its run).
+    uncaught = None if "ipykernel" in sys.modules else getattr(sys, "last_value", None)
     status: FinalStatus = "FINISHED"
     if isinstance(uncaught, KeyboardInterrupt):
         status = "KILLED"
@@ -644,7 +646,7 @@ def _end_runs_left_open() -> None:
 
 
 def end_open_runs(status: FinalStatus) -> None:
-    """End every run still open because of a session of this process (at exit, or between notebook cells)."""
+    """End every run still open because of a session of this process (at exit)."""
     for session in list(_open_sessions):
         try:
             report = session.end(status, timeout=30, at_exit=True)
