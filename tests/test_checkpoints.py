@@ -92,8 +92,10 @@ def test_no_upload_without_log_model(tracking_uri, client, experiment_name, tmp_
 
 
 def test_best_model_is_logged_in_the_runs_experiment_and_registered_as_best(
-    tracking_uri, client, experiment_name, tmp_path
+    tracking_uri, client, experiment_name, tmp_path, monkeypatch
 ):
+    # The process-wide MLflow default is another store: the logger's own store must still be the one used.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
     name = f"tiny-{experiment_name[-12:]}"
     logger = MLflowLogger(
         experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True, registered_model_name=name

@@ -75,8 +75,10 @@ def log_best_model(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        # The model's own artifact location, not "models:/<id>": MLflow resolves that one through the global
+        # tracking URI, which need not be this logger's store.
         model_version = client.create_model_version(
-            registered_model_name, source=f"models:/{logged.model_id}", run_id=run_id, model_id=logged.model_id
+            registered_model_name, source=logged.artifact_location, run_id=run_id, model_id=logged.model_id
         )
         client.set_registered_model_alias(registered_model_name, BEST_ALIAS, str(model_version.version))
         registered = str(model_version.version)
