@@ -7,9 +7,15 @@ its own import, and that must not drag Lightning and torch into every process th
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Warnings of this package (undelivered points, refused names) must be heard even when something lowered the
+# root logger to ERROR (mlflow.pytorch's autolog module does, at import). A level the user set is kept.
+if logging.getLogger(__name__).level == logging.NOTSET:
+    logging.getLogger(__name__).setLevel(logging.WARNING)
 
 _PUBLIC = {
     "MLflowLogger": "lightning_mlflow_ext.logger",

@@ -15,6 +15,7 @@ import time
 import weakref
 from argparse import Namespace
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
@@ -543,13 +544,18 @@ class MLflowLogger(Logger):
             metrics = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
             }
-            key = self._mirror.key_for(best) if self._mirror is not None else "latest"
+            # The checkpoint in the run when checkpoints are uploaded (log_model), else the local file it came from.
+            checkpoint = (
+                f"checkpoints/{self._mirror.key_for(best)}/{os.path.basename(best.best_model_path)}"
+                if self._mirror is not None
+                else Path(os.path.abspath(best.best_model_path)).as_uri()
+            )
             logged = log_best_model(
                 self._session.client,
                 run_id=self._session.run_id,
                 experiment_id=self._session.experiment_id,
                 module=module,
-                checkpoint_artifact=f"checkpoints/{key}/{os.path.basename(best.best_model_path)}",
+                checkpoint_artifact=checkpoint,
                 step=trainer.global_step,
                 metrics=metrics,
                 registered_model_name=self._registered_model_name,
