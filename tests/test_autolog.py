@@ -28,7 +28,12 @@ from lightning_mlflow_ext.autologging import MLflowAutologCallback
 
 @pytest.fixture(autouse=True)
 def _autolog_off() -> Iterator[None]:
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    global_uri = tracking_utils._tracking_uri
     yield
+    # MLflow's own autolog sets its global tracking URI while it runs; later tests must not inherit it.
+    tracking_utils._tracking_uri = global_uri
     import lightning_mlflow_ext.autologging as autologging
 
     autologging._options = None  # back to "the environment decides", as in a fresh process
