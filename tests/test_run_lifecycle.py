@@ -386,3 +386,22 @@ def test_fitting_a_fixed_model_on_the_same_trainer_after_a_failure_starts_a_new_
     assert client.get_run(failed).info.status == "FAILED"  # the failure stays on record
     assert client.get_run(logger.run_id).info.status == "FINISHED"
     assert client.get_run(logger.run_id).data.params["lr"] == "0.3"
+
+
+def test_a_trainer_without_the_bridge_is_reported_and_a_logger_without_trainer_is_not(
+    tracking_uri, client, experiment_name, caplog
+):
+    from lightning_mlflow_ext.bridge import MLflowTrainerBridge
+
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
+    trainer = make_trainer(logger, max_epochs=1)
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, MLflowTrainerBridge)]
+    trainer.fit(TinyModel(), TinyData())
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    assert any("never saw the Trainer" in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    with MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri) as standalone:
+        standalone.log_metrics({"score": 1.0}, step=0)
+    assert client.get_run(standalone.run_id).info.status == "FINISHED"
+    assert not any("never saw the Trainer" in r.getMessage() for r in caplog.records)

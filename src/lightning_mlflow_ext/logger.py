@@ -192,7 +192,7 @@ class MLflowLogger(Logger):
         self._dataset_digests: dict[str, str] = {}
         self._resume_floor: dict[str, int] = {}  # key -> last step the run held when this fit resumed
         self._unpickled = False  # a copy in another process (ddp_spawn): the run may hold points it never saw
-        self._standalone = False  # used as a context manager, without a Trainer
+        self._driven_by_lightning = False  # a Trainer called log_graph: it runs a stage with this logger
         self._fitted_module: weakref.ReferenceType[pl.LightningModule] | None = None
 
     # ---- identity -------------------------------------------------------------------------
@@ -453,6 +453,11 @@ class MLflowLogger(Logger):
             self._mirror.sync(callback, epoch, step, dataset_digests=dict(self._dataset_digests))
 
     @override
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        # Lightning calls this at the start of every stage (after setup): proof that a Trainer drives the logger.
+        self._driven_by_lightning = True
+
+    @override
     def save(self) -> None:
         # Lightning calls this after every log_metrics call; the writer sends in the background.
         pass
@@ -469,8 +474,8 @@ class MLflowLogger(Logger):
     def finalize(self, status: str = "success") -> None:
         if not self._session.resolved:
             return
-        if self._trainer is None and not self._standalone:
-            # Only Lightning calls finalize; without the bridge's setup the logger never saw the Trainer.
+        if self._trainer is None and self._driven_by_lightning:
+            # Lightning ran a stage with this logger, but the bridge's setup never handed it the Trainer.
             self._warn_once(
                 "no-bridge",
                 "MLflowLogger never saw the Trainer: Lightning did not load this package's callbacks_factory "
@@ -596,7 +601,6 @@ class MLflowLogger(Logger):
     def __enter__(self) -> MLflowLogger:
         """``with MLflowLogger(...) as logger:`` records into the run and ends the block the way a fit ends:
         the run's status follows the block (an exception: FAILED, Ctrl-C: KILLED), ``end_run`` applies."""
-        self._standalone = True
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:

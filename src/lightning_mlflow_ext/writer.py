@@ -180,7 +180,7 @@ class RunWriter:
                 if unless_unreachable and self._unreachable_since is not None:
                     break
                 self._progress.wait(1.0 if remaining is None else min(remaining, 1.0))
-        return self._take_report()
+        return self._take_report(target)
 
     def park(self, timeout: float = 30.0) -> DeliveryReport:
         """Stop the worker and put everything undelivered in the journal, in order. The next write restarts it."""
@@ -204,10 +204,12 @@ class RunWriter:
             self._park.clear()
         return self._take_report()
 
-    def _take_report(self) -> DeliveryReport:
+    def _take_report(self, target: int | None = None) -> DeliveryReport:
+        """What happened since the last report; pending counts what was queued up to ``target`` (a flush does
+        not answer for writes queued while it waited, such as a heartbeat)."""
         with self._lock:
             report, self._report = self._report, DeliveryReport()
-            report.pending = self._pending_points()
+            report.pending = self._pending_points() if target is None else max(target - self._done, 0)
             report.journal = self.journal_path if self._journal.pending else None
         return report
 
@@ -249,6 +251,9 @@ class RunWriter:
                     records = list(self._queue)
                     self._queue.clear()
                     self._queued_points = 0
+                    # Once: what arrives while this is sent waits for a full batch (or the next tick), instead
+                    # of being chased in requests of a few points, which costs the server far more per point.
+                    everything = False
                 else:
                     records = self._take_full_batches()
             if records:
