@@ -69,6 +69,8 @@ def test_ddp_fit_then_test_is_one_run_written_by_rank_zero(strategy, mlflow_serv
     assert len({r["pid"] for r in ranks.values()}) == 2  # really two processes
     assert run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.05"
+    assert run.data.params["trainer/devices"] == "2"  # MLflowCallback, pickled into ddp_spawn's workers too
+    assert run.data.params["trainer/strategy"] in ("DDPStrategy",)
     steps = assert_no_point_twice(client, run.info.run_id)
     # Two processes split each epoch's 8 batches: 4 optimizer steps an epoch, logged once (by rank 0).
     assert sorted(steps["train_loss_step"]) == list(range(2 * STEPS_PER_EPOCH // 2))
@@ -144,5 +146,24 @@ def test_resuming_from_a_checkpoint_downloaded_from_the_run_continues_it(trackin
     (run,) = runs_of(client, experiment_name, ViewType.ALL)  # nothing created, nothing deleted
     assert run.info.run_id == first.info.run_id
     assert run.info.status == "FINISHED"
+    steps = assert_no_point_twice(client, run.info.run_id)
+    assert sorted(steps["train_loss_step"]) == list(range(3 * STEPS_PER_EPOCH))
+
+
+def test_slurm_auto_requeue_continues_the_run(tracking_uri, experiment_name, tmp_path):
+    first = train(tmp_path, tracking_uri, experiment_name, "--max-epochs", "1", "--save-hpc")
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (before,) = runs_of(client, experiment_name)
+    assert before.info.status == "FINISHED"
+    # The requeued job: same folder, no ckpt_path; Lightning finds hpc_ckpt_1.ckpt because SLURM is detected.
+    slurm = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1"}
+    requeued = train(tmp_path, tracking_uri, experiment_name, "--max-epochs", "3", env=slurm)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    (run,) = runs_of(client, experiment_name)
+    assert run.info.run_id == before.info.run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["lightning_mlflow_ext.resumed_at_step"] == str(STEPS_PER_EPOCH)
     steps = assert_no_point_twice(client, run.info.run_id)
     assert sorted(steps["train_loss_step"]) == list(range(3 * STEPS_PER_EPOCH))

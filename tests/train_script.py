@@ -19,7 +19,7 @@ import lightning
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from tiny import TinyData, TinyModel
 
-from lightning_mlflow_ext import MLflowLogger
+from lightning_mlflow_ext import MLflowCallback, MLflowLogger
 
 
 class KillAt(Callback):
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--kill-at-step", type=int, default=None)
     parser.add_argument("--test", action="store_true", help="trainer.test() after the fit")
     parser.add_argument("--server-wait", type=float, default=30.0)
+    parser.add_argument("--save-hpc", action="store_true", help="save hpc_ckpt_1.ckpt as SLURM's requeue does")
     args = parser.parse_args()
 
     logger = MLflowLogger(
@@ -72,6 +73,7 @@ def main() -> None:
     )
     callbacks: list[Callback] = [
         Report(args.report),
+        MLflowCallback(),  # picklable for ddp_spawn; records trainer settings, optimizers, lr on rank 0
         ModelCheckpoint(dirpath=args.ckpt_dir, monitor="val_loss", save_top_k=2, save_last=True),
         ModelCheckpoint(dirpath=args.ckpt_dir, filename="every-{epoch}", every_n_epochs=1, save_top_k=-1),
     ]
@@ -93,6 +95,8 @@ def main() -> None:
     )
     model = TinyModel(lr=0.05)
     trainer.fit(model, TinyData(), ckpt_path=args.ckpt_path)
+    if args.save_hpc:
+        trainer.save_checkpoint(os.path.join(os.getcwd(), "hpc_ckpt_1.ckpt"))  # what SLURM's SIGUSR1 handler saves
     if args.test:
         trainer.test(model, TinyData())
 
