@@ -23,18 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # for mlflow_server (the test-suite's server fixture)
 
 
-def server_pids(server: object) -> list[int]:
-    """The server's process group (the server and its workers)."""
-    leader = server._proc.pid  # type: ignore[attr-defined]
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == leader:
-                    found.append(int(entry.name))
-    return found
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=6)
@@ -135,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
             fit(False, server.uri, Path(work) / "warmup")
             plain = fit(False, server.uri, Path(work) / "plain")
             uploads = fit("all", server.uri, Path(work) / "uploads")
-            pids = server_pids(server)
+            pids = server.process_group()
             pinned_plain = fit(False, server.uri, Path(work) / "pinned-plain", pin=pids)
             pinned_uploads = fit("all", server.uri, Path(work) / "pinned-uploads", pin=pids)
         finally:

@@ -242,18 +242,10 @@ def _timed_fit(steps: int, logger: Any, root: Path) -> float:
 
 def server_cpu_seconds(server: Any) -> float:
     """CPU time used so far by the server's process group (the server and its uvicorn worker)."""
-    pid = server.handle.pid
-    if pid is None:
-        return 0.0
     ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pid:  # field 5 of /proc/PID/stat: the process group
+    for pid in server.handle.process_group():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])  # utime + stime
     return ticks / os.sysconf("SC_CLK_TCK")
 
@@ -273,18 +265,6 @@ class FitRow:
     baseline: str = "logger=False"  # the row this one's ratio is taken against
 
 
-def server_pids(server: Any) -> list[int]:
-    """The server's process group: the server and its workers."""
-    pid = server.handle.pid
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 @contextlib.contextmanager
 def training_on_core_zero(server: Any) -> Iterator[None]:
     """Training (one torch thread) on core 0, the server on core 1: the server's ingest CPU no longer competes
@@ -295,7 +275,7 @@ def training_on_core_zero(server: Any) -> Iterator[None]:
     threads = torch.get_num_threads()
     os.sched_setaffinity(0, {0})
     torch.set_num_threads(1)
-    for pid in server_pids(server):
+    for pid in server.handle.process_group():
         with contextlib.suppress(OSError):
             os.sched_setaffinity(pid, {1})
     try:
@@ -303,7 +283,7 @@ def training_on_core_zero(server: Any) -> Iterator[None]:
     finally:
         os.sched_setaffinity(0, cores)
         torch.set_num_threads(threads)
-        for pid in server_pids(server):
+        for pid in server.handle.process_group():
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(pid, cores)
 

@@ -181,6 +181,17 @@ class MlflowServer:
             f"{self.log_tail()}"
         )
 
+    def process_group(self) -> list[int]:
+        """Pids of the server's process group (the server and its workers); empty when it is not running."""
+        leader = self._proc.pid if self._proc is not None else None
+        found: list[int] = []
+        for entry in os.scandir("/proc") if leader is not None else []:
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError), open(os.path.join(entry.path, "stat")) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[2]) == leader:
+                        found.append(int(entry.name))
+        return found
+
     def stop(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> None:
         """Terminate the server (SIGTERM, SIGKILL to its process group after ``timeout``) and wait
         until its port no longer has a listener."""
