@@ -177,3 +177,34 @@ def test_memory_stays_bounded_by_spilling_to_the_journal(tracking_uri, client, e
         steps = [p.step for p in client.get_metric_history(run_id, f"m{i}")]
         assert sorted(steps) == list(range(600))
     assert not journal.path.exists()
+
+
+def test_while_training_runs_points_go_in_full_batches(mlflow_server, experiment_name, tmp_path):
+    # A clock tick sends what is queued once; it must not then chase the training loop in requests of a few
+    # points (which cost the server several times more per point). The transport is the real one, counting.
+    uri = mlflow_server.uri
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
+    transport = make_transport(uri, client)
+    requests: list[int] = []
+    send = transport.log_batch
+
+    def counting_log_batch(run: str, metrics=(), params=(), tags=()) -> None:  # type: ignore[no-untyped-def]
+        requests.append(len(metrics))
+        send(run, metrics, params, tags)
+
+    transport.log_batch = counting_log_batch  # type: ignore[method-assign]
+    journal = Journal(journal_path(tmp_path, run_id), Header(run_id, uri))
+    writer = RunWriter(transport, run_id, journal, flush_interval=0.2)
+    steps = 750
+    started = time.monotonic()
+    for step in range(steps):  # 11 points every 4 ms, the pace of the benchmark's training loop
+        writer.log_metrics([(f"m{k}", float(step), 1_700_000_000_000 + step, step) for k in range(11)])
+        time.sleep(0.004)
+    ticks_passed = (time.monotonic() - started) / 0.2
+    assert writer.flush(timeout=120).pending == 0
+    points = 11 * steps
+    assert sum(requests) == points
+    assert len(client.get_metric_history(run_id, "m0")) == steps
+    partial = [n for n in requests if n < 1000]
+    assert len(partial) <= ticks_passed + 5, f"{len(partial)} partial requests in {ticks_passed:.0f} ticks: {requests}"
