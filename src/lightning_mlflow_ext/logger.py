@@ -692,10 +692,7 @@ class MLflowLogger(Logger):
         self._session.adopt(identity, replace=True)
         if before is not None and before[0] != identity[0]:
             self._move_checkpoint_folders(trainer, before)
-            self._axes.reset()
-            self._axes_seeded = False
-            self._axis_tags_sent = None
-            self._changed_params = {}
+            self._forget_run_state()
         if trainer.global_rank != 0:
             return
         self._begin_stage(trainer)
@@ -729,16 +726,20 @@ class MLflowLogger(Logger):
         self._fit_ended = False
         if self._session.origin == "created":
             self._session.start_new_run()
-            self._axes.reset()
-            self._axis_tags_sent = None
-            self._axes_seeded = False
-            self._changed_params = {}
+            self._forget_run_state()
         else:
             self._warn_once(
                 "refit",
                 f"A new fit from step 0 logs into run {self._session.run_id}, which already holds a fit: points at "
                 "the same steps are stored twice. Create a new MLflowLogger (or end the run) for a separate run.",
             )
+
+    def _forget_run_state(self) -> None:
+        """What this logger knew of a run it no longer writes into (axes read from its tags, changed params)."""
+        self._axes.reset()
+        self._axes_seeded = False
+        self._axis_tags_sent = None
+        self._changed_params = {}
 
     def _seed_axes(self) -> None:
         if not self._axes_seeded:

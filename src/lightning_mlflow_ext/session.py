@@ -223,13 +223,18 @@ class RunSession:
         with self._lock:
             if self._writer is not None:
                 self._writer.park()
-            self._writer = None
-            self._uploader = None
-            self._run_id = self._experiment_id = self._resolved_experiment_name = None
-            self._origin = None
-            self._owns_run = self._running = False
-            self._logged_params = None
-            self._worst_status = None
+            self._forget_run()
+
+    def _forget_run(self) -> None:
+        """Drop everything tied to the current run; the next use resolves (or creates) a run again."""
+        self._writer = None
+        self._uploader = None
+        self._run_id = self._experiment_id = self._resolved_experiment_name = None
+        self._origin = None
+        self._owns_run = self._running = self._fresh = False
+        self._logged_params = None
+        self._initial_tags = {}
+        self._worst_status = None
 
     # ---- resolution -------------------------------------------------------------------------
 
@@ -555,27 +560,23 @@ class RunSession:
             report.pending, report.journal = parked.pending, parked.journal
         return report
 
-    def resume_from_checkpoint(self, run_id: str) -> bool:
+    def resume_from_checkpoint(self, run_id: str) -> None:
         """A fit resumes from a checkpoint trained in ``run_id``: continue that run, not a new one.
 
         Before the run is resolved, the checkpoint's run becomes the run (after an explicit ``run_id``, the
         active run and ``MLFLOW_RUN_ID``). A run this session created moments ago for the fit (Lightning's
         ModelCheckpoint asks for the run id before the checkpoint is read) and wrote nothing into is deleted
-        for it. Returns True when the session now writes into ``run_id``.
+        for it. Otherwise the session keeps its run.
         """
         with self._lock:
             if self._run_id == run_id:
-                return True
-            if self._run_id is None:
-                self._checkpoint_run_id = run_id
-                self._resolve()
-                return self._run_id == run_id
-            if not (self._fresh and self._origin == "created") or self._checkpoint_run(run_id) is None:
-                return False
-            self._discard_fresh_run()
+                return
+            if self._run_id is not None:
+                if not (self._fresh and self._origin == "created") or self._checkpoint_run(run_id) is None:
+                    return
+                self._discard_fresh_run()
             self._checkpoint_run_id = run_id
             self._resolve()
-            return self._run_id == run_id
 
     def _discard_fresh_run(self) -> None:
         """Delete the run this session just created and wrote nothing into; forget it."""
@@ -590,13 +591,7 @@ class RunSession:
         self.client.set_terminated(fresh, "KILLED")  # in the trash, it must not look like a live run
         self.client.delete_run(fresh)
         _open_sessions.discard(self)
-        self._writer = None
-        self._uploader = None
-        self._run_id = self._experiment_id = self._resolved_experiment_name = None
-        self._origin = None
-        self._owns_run = self._running = self._fresh = False
-        self._logged_params = None
-        self._initial_tags = {}
+        self._forget_run()
 
     def metric_steps(self) -> dict[str, int]:
         """The last step of every metric the run holds (what a resumed fit must not send again)."""
