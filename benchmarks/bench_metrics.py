@@ -78,15 +78,19 @@ class Sizes:
     call_calls: int  # call: log_metrics calls timed one by one
     call_loop_calls: int  # call: log_metrics calls in one timed loop (mean)
     rss_points: int  # rss: points logged by the subprocess
+    rounds: int = 5  # fit: rounds of (logger=False, MLflowLogger), interleaved; medians reported
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Sizes:
         if args.quick:
             sizes = cls(steps=100, drain_points=10_000, call_calls=2_000, call_loop_calls=1_000, rss_points=100_000)
+            sizes.rounds = 1
         else:
             sizes = cls(steps=1000, drain_points=50_000, call_calls=20_000, call_loop_calls=5_000, rss_points=1_000_000)
         if args.steps is not None:
             sizes.steps = args.steps
+        if args.rounds is not None:
+            sizes.rounds = args.rounds
         return sizes
 
 
@@ -253,7 +257,9 @@ def server_cpu_seconds(server: Any) -> float:
 @dataclass
 class FitRow:
     config: str
-    seconds: float | None = None
+    samples: list[float] = field(default_factory=list)  # fit seconds, one per round
+    cpu_samples: list[float] = field(default_factory=list)  # server CPU seconds, one per round
+    drain_samples: list[float] = field(default_factory=list)
     server_cpu: float | None = None
     drain_after_fit: float | None = None
     stored_bench_keys: int | None = None
@@ -263,6 +269,14 @@ class FitRow:
     error: str | None = None
     notes: str = ""
     baseline: str = "logger=False"  # the row this one's ratio is taken against
+
+    @property
+    def seconds(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+    @seconds.setter
+    def seconds(self, value: float) -> None:
+        self.samples.append(value)
 
 
 @contextlib.contextmanager
@@ -304,23 +318,35 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
 
     def readback(row: FitRow, run_id: str) -> None:
         counts = history_counts(client, run_id)
-        row.stored_all_keys = sum(counts.values())
-        row.stored_bench_keys = sum(counts.get(k, 0) for k in KEYS)
-        row.keys = len(counts)
-        row.status = client.get_run(run_id).info.status
+        stored = sum(counts.get(k, 0) for k in KEYS)
+        # Over several rounds, the row keeps its worst round: "every point stored" must hold for each.
+        if row.stored_bench_keys is None or stored < row.stored_bench_keys:
+            row.stored_bench_keys = stored
+            row.stored_all_keys = sum(counts.values())
+            row.keys = len(counts)
+        status = client.get_run(run_id).info.status
+        if row.status is None or status != "FINISHED":
+            row.status = status
+
+    by_name: dict[str, FitRow] = {}
 
     def run_config(name: str, body: Callable[[FitRow], None], baseline: str = "logger=False") -> None:
         progress(f"fit: {name}")
-        row = FitRow(name, baseline=baseline)
-        rows.append(row)
+        row = by_name.get(name)
+        if row is None:
+            row = by_name[name] = FitRow(name, baseline=baseline)
+            rows.append(row)
         cpu_before = server_cpu_seconds(server)
         try:
             body(row)
-            row.server_cpu = server_cpu_seconds(server) - cpu_before
+            row.cpu_samples.append(server_cpu_seconds(server) - cpu_before)
+            row.server_cpu = statistics.median(row.cpu_samples)
+            if row.drain_samples:
+                row.drain_after_fit = statistics.median(row.drain_samples)
         except Exception as exc:
             row.error = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
-        progress(f"fit: {name}: {row.seconds if row.seconds is None else round(row.seconds, 2)} s")
+        progress(f"fit: {name}: {round(row.samples[-1], 2) if row.samples else None} s")
 
     def baseline(row: FitRow) -> None:
         row.seconds = _timed_fit(steps, False, work / "fit-none")
@@ -334,7 +360,7 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
         row.seconds = _timed_fit(steps, logger, save_dir)
         t0 = time.perf_counter()
         undelivered = logger.flush()
-        row.drain_after_fit = time.perf_counter() - t0
+        row.drain_samples.append(time.perf_counter() - t0)
         if undelivered:
             row.notes = f"flush() reported {undelivered} undelivered"
         readback(row, logger.run_id)
@@ -351,7 +377,7 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
             row.seconds = _timed_fit(steps, logger, work / "fit-lightning")
             t0 = time.perf_counter()
             mlflow.flush_async_logging()  # set_terminated() in finalize already drained; this should be ~0
-            row.drain_after_fit = time.perf_counter() - t0
+            row.drain_samples.append(time.perf_counter() - t0)
             readback(row, logger.run_id)
 
         return body
@@ -371,8 +397,11 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
         readback(row, last.info.run_id)
         row.notes = "log_every_n_step=1, log_models=False, checkpoint=False"
 
-    run_config("logger=False", baseline)
-    run_config("lightning_mlflow_ext.MLflowLogger", ext)
+    # The machine's noise between two 4-second fits is of the order of the 5% under test: the pair runs in
+    # interleaved rounds and the medians are compared.
+    for _ in range(sizes.rounds):
+        run_config("logger=False", baseline)
+        run_config("lightning_mlflow_ext.MLflowLogger", ext)
     run_config("Lightning MLFlowLogger (default)", lightning_logger(None))
     run_config("Lightning MLFlowLogger(synchronous=False)", lightning_logger(False))
     run_config("mlflow.pytorch.autolog (logger=False)", autolog)
@@ -381,8 +410,9 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
     if len(os.sched_getaffinity(0)) >= 2:
         pinned_base = "logger=False, training on core 0"
         with training_on_core_zero(server):
-            run_config(pinned_base, baseline, baseline=pinned_base)
-            run_config("lightning_mlflow_ext.MLflowLogger, training on core 0, server on core 1", ext, pinned_base)
+            for _ in range(sizes.rounds):
+                run_config(pinned_base, baseline, baseline=pinned_base)
+                run_config("lightning_mlflow_ext.MLflowLogger, training on core 0, server on core 1", ext, pinned_base)
 
     seconds_of = {row.config: row.seconds for row in rows}
     out_rows = []
@@ -394,6 +424,8 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
             {
                 "config": row.config,
                 "seconds": row.seconds,
+                "rounds": len(row.samples),
+                "all_seconds": row.samples,
                 "server_cpu_s": row.server_cpu,
                 "ratio_to_no_logger": ratio,
                 "drain_after_fit_s": row.drain_after_fit,
@@ -410,6 +442,7 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
         "steps": steps,
         "batch_size": 8,
         "metrics_per_step": N_METRICS,
+        "rounds": sizes.rounds,
         "expected_points_bench_keys": expected,
         "warmup_fit_s": warmup_s,
         "rows": out_rows,
@@ -700,15 +733,17 @@ def render(results: dict[str, Any]) -> str:
             f"{fit['metrics_per_step']} metrics/step (`self.log(on_step=True)`), log_every_n_steps=1\n"
         )
         lines.append(
-            "| configuration | fit (s) | x its logger=False row | server CPU (s) | drain after fit (s) | "
+            "| configuration | fit (s), median | each round (s) | x its logger=False row | server CPU (s) | "
+            "drain after fit (s) | "
             "points stored, m0..m9 "
             f"(target {fit['expected_points_bench_keys']:,}) | points stored, all keys | keys | run status | result |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
         for r in fit["rows"]:
             result = f"ERROR: {r['error']}" if r["error"] else pass_miss(r["complete"])
             lines.append(
-                f"| {r['config']} | {fmt(r['seconds'])} | {fmt(r['ratio_to_no_logger'], '.2f')}x | "
+                f"| {r['config']} | {fmt(r['seconds'])} | {' '.join(f'{x:.2f}' for x in r['all_seconds'])} | "
+                f"{fmt(r['ratio_to_no_logger'], '.3f')}x | "
                 f"{fmt(r.get('server_cpu_s'), '.1f')} | "
                 f"{fmt(r['drain_after_fit_s'], '.3f')} | {fmt_int(r['stored_points_bench_keys'])} | "
                 f"{fmt_int(r['stored_points_all_keys'])} | {fmt_int(r['metric_keys'])} | {r['run_status'] or '—'} | "
@@ -716,8 +751,10 @@ def render(results: dict[str, Any]) -> str:
             )
         lines.append("")
         lines.append(
-            f"Each configuration ran once, in this order, after one warm-up fit with logger=False "
-            f"({fit['warmup_fit_s']:.2f} s). Times are `trainer.fit` only; every logger's `finalize` runs inside it. "
+            f"logger=False and this package's logger ran in {fit['rounds']} interleaved rounds (on shared cores, then "
+            f"pinned), the other loggers once each, after one warm-up fit with logger=False "
+            f"({fit['warmup_fit_s']:.2f} s); a ratio compares medians, and 'points stored' is the worst round. "
+            "Times are `trainer.fit` only; every logger's `finalize` runs inside it. "
             "'drain after fit' is `logger.flush()` (this package) or `mlflow.flush_async_logging()` (Lightning) "
             "right after the fit. autolog: `mlflow.pytorch.autolog(log_every_n_step=1, log_models=False, "
             "checkpoint=False)`, with the global tracking URI and experiment set for it. 'all keys' includes "
@@ -739,7 +776,7 @@ def render(results: dict[str, Any]) -> str:
             ok = r["ratio_to_no_logger"] <= TARGET_FIT_RATIO and bool(r["complete"])
             lines.append(
                 f"| 1 | fit with MLflowLogger / without, {where}, every point stored | "
-                f"{r['ratio_to_no_logger']:.2f}x | ≤ {TARGET_FIT_RATIO:.2f}x | {pass_miss(ok)} |"
+                f"{r['ratio_to_no_logger']:.3f}x | ≤ {TARGET_FIT_RATIO:.2f}x | {pass_miss(ok)} |"
             )
     d = s.get("drain")
     if d and "error" not in d:
@@ -818,6 +855,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steps", type=int, default=None, help="optimizer steps of each fit (default 1000; 100 with --quick)"
     )
     p.add_argument("--quick", action="store_true", help="fast smoke run: ~100 steps, 100k points")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="fit: interleaved rounds of logger=False and MLflowLogger, medians compared (default 5; 1 with --quick)",
+    )
     p.add_argument("--only", default=None, help=f"comma-separated sections to run: {','.join(SECTIONS)}")
     p.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this path")
     p.add_argument("--_rss-child", dest="rss_child", default=None, help=argparse.SUPPRESS)
@@ -832,6 +875,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sections = list(SECTIONS)
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be >= 1")
+    if args.rounds is not None and args.rounds < 1:
+        p.error("--rounds must be >= 1")
     return args
 
 

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking.context.git_context import GitRunContext
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -151,6 +152,7 @@ class RunSession:
         self._may_create = may_create
         self._checkpoint_run_id: str | None = None
         self._fresh = False  # created by this session, and nothing but tags written into it yet
+        self._experiment_names: dict[str, str] = {}  # experiment id -> name, as far as this session has seen
 
     # ---- identity ---------------------------------------------------------------------------
 
@@ -339,7 +341,9 @@ class RunSession:
         return run
 
     def _experiment_name_of(self, experiment_id: str) -> str:
-        return str(self.client.get_experiment(experiment_id).name)
+        if experiment_id not in self._experiment_names:
+            self._experiment_names[experiment_id] = str(self.client.get_experiment(experiment_id).name)
+        return self._experiment_names[experiment_id]
 
     def _experiment_id_for_new_run(self) -> str:
         name = self._experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
@@ -349,7 +353,9 @@ class RunSession:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return self.client.create_experiment(name, artifact_location=self._artifact_location)
+                created = str(self.client.create_experiment(name, artifact_location=self._artifact_location))
+                self._experiment_names[created] = name
+                return created
             except MlflowException as exc:
                 # Another process (a DDP rank, a parallel job) created it first.
                 if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
@@ -364,6 +370,7 @@ class RunSession:
                 f"--experiment-ids {experiment.experiment_id}` (MLFLOW_TRACKING_URI={self.tracking_uri}), "
                 f"or choose another experiment_name."
             )
+        self._experiment_names[str(experiment.experiment_id)] = name
         return str(experiment.experiment_id)
 
     def _create_run(self) -> Run:
@@ -374,9 +381,9 @@ class RunSession:
         if self._parent_run_id:
             self._get_existing_run(self._parent_run_id, "parent_run_id")
             tags[MLFLOW_PARENT_RUN_ID] = self._parent_run_id
-        tags = resolve_tags(tags)
         # MLflow's git context records the remote URL as configured, credentials included, and no branch or
-        # dirty flag: replace its git tags with ours.
+        # dirty flag (and its first use imports GitPython, 60 ms): ours replace it. A plugin's git tags too.
+        tags = resolve_tags(tags, ignore=[GitRunContext])
         for key in [k for k in tags if k.startswith(GIT_TAG_PREFIX)]:
             del tags[key]
         tags.update(code_state(source_dir()))
