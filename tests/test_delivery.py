@@ -208,3 +208,31 @@ def test_while_training_runs_points_go_in_full_batches(mlflow_server, experiment
     assert len(client.get_metric_history(run_id, "m0")) == steps
     partial = [n for n in requests if n < 1000]
     assert len(partial) <= ticks_passed + 5, f"{len(partial)} partial requests in {ticks_passed:.0f} ticks: {requests}"
+
+
+def _writer_threads(run_id: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"mlflow-writer-{run_id[:8]}" and t.is_alive()]
+
+
+def test_a_finished_run_keeps_no_writer_thread_and_a_later_stage_starts_one(
+    tracking_uri, client, experiment_name, tmp_path
+):
+    # A notebook fits many times: each finished run's writer must not keep a thread waking every second.
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, save_dir=tmp_path)
+    model = TinyModel()
+    trainer = make_trainer(logger)
+    trainer.fit(model, datamodule=TinyData())
+    run_id = logger.run_id
+    deadline = time.monotonic() + 10
+    while _writer_threads(run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _writer_threads(run_id)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    trainer.test(model, datamodule=TinyData())  # the same run: a new worker delivers the test metrics
+    assert [m.step for m in client.get_metric_history(run_id, "test_loss")] == [2]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    deadline = time.monotonic() + 10
+    while _writer_threads(run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _writer_threads(run_id)

@@ -383,7 +383,7 @@ class RunSession:
             tags[MLFLOW_PARENT_RUN_ID] = self._parent_run_id
         # MLflow's git context records the remote URL as configured, credentials included, and no branch or
         # dirty flag (and its first use imports GitPython, 60 ms): ours replace it. A plugin's git tags too.
-        tags = resolve_tags(tags, ignore=[GitRunContext])
+        tags = resolve_tags(tags, ignore=[GitRunContext])  # type: ignore[list-item]  # classes, as MLflow uses it
         for key in [k for k in tags if k.startswith(GIT_TAG_PREFIX)]:
             del tags[key]
         tags.update(code_state(source_dir()))

@@ -5,18 +5,27 @@ HTTP servers are called with this package's own timeout and no hidden retries; o
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import json
 import math
-from collections.abc import Sequence
+import os
+import ssl
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.request_header.registry import resolve_request_headers
 from mlflow.utils.credentials import get_default_host_creds
-from mlflow.utils.rest_utils import http_request
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from lightning_mlflow_ext.tracking import is_http
 
@@ -61,37 +70,165 @@ def _json_value(value: float) -> float | str:
     return value
 
 
+#: How long resolved credentials and request headers are reused before they are read again.
+CREDENTIALS_TTL_S = 60.0
+
+
+def _plain_auth_header(creds: MlflowHostCreds) -> dict[str, str] | None:
+    """The Authorization header MLflow's client would send, when the credentials are the plain kinds it builds
+    itself (none, basic, bearer token); None when it needs its own machinery (an auth plugin, AWS SigV4, the
+    Databricks SDK, OAuth, workspaces)."""
+    special = (
+        getattr(creds, "auth", None),
+        getattr(creds, "aws_sigv4", False),
+        getattr(creds, "use_databricks_sdk", False),
+        getattr(creds, "client_secret", None),
+        getattr(creds, "workspace_id", None),
+        os.environ.get("MLFLOW_WORKSPACE", "").strip(),
+        os.environ.get("MLFLOW_DATABRICKS_TRAFFIC_ID"),
+    )
+    if any(special):
+        return None
+    if creds.username and creds.password:
+        pair = f"{creds.username}:{creds.password}".encode()
+        return {"Authorization": "Basic " + base64.standard_b64encode(pair).decode()}
+    if creds.token:
+        return {"Authorization": f"Bearer {creds.token}"}
+    return {}
+
+
+class _Connection:
+    """One kept-alive ``http.client`` connection: a request costs the writer one send and one receive.
+
+    ``requests`` adds about 4 ms of Python per request, each step of it taking the GIL back from training.
+    """
+
+    def __init__(self, url: str, creds: MlflowHostCreds) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port
+        self._base = parts.path.rstrip("/")
+        self._context: ssl.SSLContext | None = None
+        if self._https:
+            self._context = ssl.create_default_context(cafile=creds.server_cert_path or None)
+            if creds.ignore_tls_verification:
+                self._context.check_hostname = False
+                self._context.verify_mode = ssl.CERT_NONE
+            if creds.client_cert_path:
+                self._context.load_cert_chain(creds.client_cert_path)
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, endpoint: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, str]:
+        for attempt in (1, 2):
+            if self._conn is None:
+                if self._https:
+                    self._conn = http.client.HTTPSConnection(
+                        self._host, self._port, timeout=timeout, context=self._context
+                    )
+                else:
+                    self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            try:
+                self._conn.request("POST", self._base + endpoint, body=body, headers=dict(headers))
+                response = self._conn.getresponse()
+                text = response.read().decode("utf-8", "replace")
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if attempt == 2:
+                    raise
+                continue  # the server closed a kept-alive connection between two requests: open a new one
+            except BaseException:
+                self.close()
+                raise
+            if response.will_close:
+                self.close()
+            return response.status, text
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _proxied(url: str) -> bool:
+    """True when the environment routes ``url`` through a proxy (only ``requests`` honours that)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+class _Endpoint:
+    """Posts JSON to the server with the credentials, headers and TLS settings MLflow's client would use.
+
+    MLflow's ``http_request`` resolves credentials and every request-header provider on each call (a few
+    failed imports included) and goes through ``requests``: on the writer thread, which shares the GIL with
+    training, that is measurable. Here credentials and headers are resolved once a minute and the request
+    goes over one kept-alive connection. Credentials this cannot reproduce (an auth plugin, AWS SigV4, the
+    Databricks SDK, OAuth, workspaces) and proxied servers go through ``http_request``.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
+        self._tracking_uri = tracking_uri
+        self._lock = threading.Lock()
+        self._resolved_at = -math.inf
+        self._creds: MlflowHostCreds = get_default_host_creds(tracking_uri)  # type: ignore[no-untyped-call]
+        self._headers: dict[str, str] | None = None
+        self._connection: _Connection | None = None
+
+    def _current(self) -> tuple[MlflowHostCreds, dict[str, str] | None, _Connection | None]:
+        with self._lock:
+            if time.monotonic() - self._resolved_at > CREDENTIALS_TTL_S:
+                creds = get_default_host_creds(self._tracking_uri)  # type: ignore[no-untyped-call]
+                auth = None if _proxied(creds.host) else _plain_auth_header(creds)
+                self._headers = None if auth is None else {**resolve_request_headers(), **auth}  # type: ignore[no-untyped-call]
+                if self._connection is None or creds.__dict__ != self._creds.__dict__:
+                    if self._connection is not None:
+                        self._connection.close()
+                    self._connection = None if auth is None else _Connection(creds.host, creds)
+                self._creds = creds
+                self._resolved_at = time.monotonic()
+            return self._creds, self._headers, self._connection
+
+    def post(self, endpoint: str, body: str, timeout: float) -> tuple[int, str]:
+        creds, headers, connection = self._current()
+        if headers is None or connection is None:
+            response = http_request(  # type: ignore[no-untyped-call]
+                creds,
+                endpoint,
+                "POST",
+                max_retries=0,
+                timeout=timeout,
+                raise_on_status=False,
+                data=body,
+                extra_headers={"Content-Type": "application/json"},
+            )
+            return int(response.status_code), str(response.text)
+        return connection.post(endpoint, body.encode(), {**headers, "Content-Type": "application/json"}, timeout)
+
+
 class HttpTransport:
     """Talks to an MLflow server's REST API with one attempt per call and a bounded timeout."""
 
     def __init__(self, tracking_uri: str, timeout: float = 30.0) -> None:
         self._tracking_uri = tracking_uri
         self._timeout = timeout
+        self._endpoint = _Endpoint(tracking_uri)
 
     def _post(self, endpoint: str, body: dict[str, Any]) -> None:
         try:
-            response = http_request(  # type: ignore[no-untyped-call]
-                get_default_host_creds(self._tracking_uri),  # type: ignore[no-untyped-call]
-                endpoint,
-                "POST",
-                max_retries=0,
-                timeout=self._timeout,
-                raise_on_status=False,
-                data=json.dumps(body),
-                extra_headers={"Content-Type": "application/json"},
-            )
-        except (MlflowException, requests.RequestException, OSError) as exc:
+            status, text = self._endpoint.post(endpoint, json.dumps(body), self._timeout)
+        except (MlflowException, requests.RequestException, http.client.HTTPException, OSError) as exc:
             raise DeliveryError(f"{self._tracking_uri} unreachable: {exc}", transient=True) from exc
-        if response.status_code == 200:
+        if status == 200:
             return
-        detail = response.text[:500]
+        detail = text[:500]
         code = ""
         with contextlib.suppress(ValueError, AttributeError):
-            code = str(json.loads(response.text).get("error_code", ""))
-        transient = response.status_code == 429 or response.status_code >= 500
+            code = str(json.loads(text).get("error_code", ""))
+        transient = status == 429 or status >= 500
         if code in PERMANENT_CODES:
             transient = False
-        raise DeliveryError(f"HTTP {response.status_code} from {self._tracking_uri}: {detail}", transient=transient)
+        raise DeliveryError(f"HTTP {status} from {self._tracking_uri}: {detail}", transient=transient)
 
     def log_batch(
         self,

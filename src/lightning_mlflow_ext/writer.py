@@ -226,12 +226,27 @@ class RunWriter:
         everything = True
         while not self._park.is_set():
             self._drain(everything)
-            if self._park.is_set():
+            if self._park.is_set() or self._retire_if_idle():
                 return
             self._beat()
             # Woken early (1000 points waiting, or a flush): full batches. Woken by the clock: all there is.
             everything = not self._wake.wait(self._flush_interval)
             self._wake.clear()
+
+    def _retire_if_idle(self) -> bool:
+        """End the worker when everything is delivered and no stage needs a heartbeat; the next write starts
+        another. A finished run's writer then holds no thread that wakes every second."""
+        with self._lock:
+            idle = (
+                not self._beating
+                and not self._queue
+                and not self._inflight
+                and self._journal.pending == 0
+                and self._done >= self._enqueued
+            )
+            if idle:
+                self._thread = None
+            return idle
 
     def _beat(self) -> None:
         if self._heartbeat is None or not self._beating or time.monotonic() < self._next_beat:
