@@ -20,7 +20,7 @@ from tiny import TinyData, TinyModel, make_trainer
 from lightning_mlflow_ext import MLflowLogger
 from lightning_mlflow_ext.errors import WriteRefusedError
 from lightning_mlflow_ext.journal import Header, Journal, journal_path
-from lightning_mlflow_ext.transport import make_transport
+from lightning_mlflow_ext.transport import HttpTransport, make_transport
 from lightning_mlflow_ext.writer import RunWriter
 
 STEPS = 16  # 2 epochs x 8 batches
@@ -236,3 +236,38 @@ def test_a_finished_run_keeps_no_writer_thread_and_a_later_stage_starts_one(
     while _writer_threads(run_id) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _writer_threads(run_id)
+
+
+class TenMetrics(TinyModel):
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        loss = super().training_step(batch, batch_idx)
+        for i in range(8):
+            self.log(f"m{i}", loss.detach() + i, on_step=True, on_epoch=False)
+        return loss
+
+
+def test_near_the_known_end_of_a_fit_points_go_in_small_requests(mlflow_server, experiment_name, tmp_path, monkeypatch):
+    # With max_steps known, the last 1000 points of the fit go in requests of a few hundred, so the drain at
+    # the end of the fit waits for the server to take a few hundred points, not a 1000-point request.
+    requests: list[int] = []
+    send = HttpTransport.log_batch
+
+    def counting_log_batch(self, run_id, metrics=(), params=(), tags=()):  # type: ignore[no-untyped-def]
+        if metrics:
+            requests.append(len(metrics))
+        send(self, run_id, metrics, params, tags)
+
+    monkeypatch.setattr(HttpTransport, "log_batch", counting_log_batch)
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=mlflow_server.uri, save_dir=tmp_path)
+    # 155 steps x 11 points: 1,705 points. Without the tail: one request of 1000, then the last 705 at the end.
+    steps = 155
+    trainer = make_trainer(logger, max_epochs=1, max_steps=steps, limit_val_batches=0, limit_train_batches=steps)
+    trainer.fit(TenMetrics(), datamodule=TinyData(n_train=8 * steps))
+    client = MlflowClient(mlflow_server.uri)
+    assert len(client.get_metric_history(logger.run_id, "m7")) == steps
+    stored = sum(len(client.get_metric_history(logger.run_id, k)) for k in client.get_run(logger.run_id).data.metrics)
+    assert sum(requests) == stored
+    # From 1000 points before the end: requests of 200 and more as they fill, and the last one holds only
+    # what was logged while the one before it was sent (without the tail: [~1000, ~700]).
+    assert len(requests) >= 4, requests
+    assert requests[-1] < 400, requests

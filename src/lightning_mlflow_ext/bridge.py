@@ -33,6 +33,19 @@ def validates_once_per_epoch(trainer: pl.Trainer) -> bool:
     return every >= batches
 
 
+def last_train_step(trainer: pl.Trainer) -> int | None:
+    """The global step a fit's training will end at, from max_steps and max_epochs; None when unbounded.
+
+    Early stopping can end it sooner: the estimate only decides when the writer starts sending smaller requests.
+    """
+    bounds = [trainer.max_steps] if trainer.max_steps is not None and trainer.max_steps > 0 else []
+    batches = trainer.num_training_batches
+    if trainer.max_epochs is not None and trainer.max_epochs > 0 and math.isfinite(batches):
+        per_epoch = math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+        bounds.append(trainer.max_epochs * per_epoch)
+    return min(bounds) if bounds else None
+
+
 class MLflowTrainerBridge(Callback):
     """Tells each ``MLflowLogger`` of the Trainer which trainer it serves, when an epoch ends, and why a
     stage stopped. It holds no state and does nothing for a Trainer without an ``MLflowLogger``.
@@ -51,6 +64,18 @@ class MLflowTrainerBridge(Callback):
             return  # the sanity check logs nothing, and must not leave the flag set for the first batches
         for logger in _mlflow_loggers(trainer):
             logger._set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loggers = _mlflow_loggers(trainer)
+        last = last_train_step(trainer) if loggers else None
+        for logger in loggers:
+            logger._expect_last_train_step(last)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in _mlflow_loggers(trainer):
+            logger._expect_last_train_step(None)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

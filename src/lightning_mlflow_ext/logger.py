@@ -44,7 +44,7 @@ from lightning_mlflow_ext.models import BEST_ALIAS, log_best_model
 from lightning_mlflow_ext.session import TAG_PREFIX, FinalStatus, RunSession
 from lightning_mlflow_ext.summaries import trainer_callbacks
 from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
-from lightning_mlflow_ext.writer import MetricPoint
+from lightning_mlflow_ext.writer import TAIL_POINTS, MetricPoint
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -194,6 +194,7 @@ class MLflowLogger(Logger):
         self._unpickled = False  # a copy in another process (ddp_spawn): the run may hold points it never saw
         self._driven_by_lightning = False  # a Trainer called log_graph: it runs a stage with this logger
         self._fitted_module: weakref.ReferenceType[pl.LightningModule] | None = None
+        self._last_train_step: int | None = None  # the step a running fit is expected to end at, when known
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -288,6 +289,9 @@ class MLflowLogger(Logger):
                 continue  # a resumed fit replays steps the run already holds: the first point stays
             points.append((name, value, timestamp, point_step))
         if points:
+            last = self._last_train_step
+            if last is not None and step is not None and (last - step) * len(points) <= TAIL_POINTS:
+                self._session.stage_ends_soon()
             self._session.log_metrics(points)
 
     def _step(self, key: str, step: int | None) -> int:
@@ -472,6 +476,7 @@ class MLflowLogger(Logger):
     @override
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        self._last_train_step = None
         if not self._session.resolved:
             return
         if self._trainer is None and self._driven_by_lightning:
@@ -746,6 +751,10 @@ class MLflowLogger(Logger):
             self._axes_seeded = True
             keys = self._session.initial_tags.get(EPOCH_AXIS_KEYS_TAG, "")
             self._axes.seed([key for key in keys.split(",") if key])
+
+    def _expect_last_train_step(self, step: int | None) -> None:
+        """The global step this fit's training ends at (None: unknown, or training is over)."""
+        self._last_train_step = step
 
     def _set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
         self._at_epoch_end = at_epoch_end

@@ -505,6 +505,11 @@ class RunSession:
         self._fresh = False
         self.writer.log_metrics(points)
 
+    def stage_ends_soon(self) -> None:
+        """The stage's last points are being logged: keep what waits for the server small from now on."""
+        if self._writer is not None:
+            self._writer.begin_tail()
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if tags:
             self.ensure_running()

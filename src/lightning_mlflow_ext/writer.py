@@ -25,6 +25,12 @@ T = TypeVar("T")
 
 __all__ = ["DeliveryReport", "MetricPoint", "RunWriter"]
 
+#: Near a stage's known end, points go in requests of this many or more instead of 1000: the drain at the end
+#: of the stage then waits for the server to take a few hundred points, not a whole batch.
+TAIL_BATCH = 200
+#: How close to its end (in points still to come) a stage switches to tail batches: one full request's worth.
+TAIL_POINTS = MAX_METRICS_PER_BATCH
+
 
 @dataclass
 class DeliveryReport:
@@ -104,6 +110,7 @@ class RunWriter:
         self._heartbeat_interval = heartbeat_interval
         self._next_beat = time.monotonic() + heartbeat_interval
         self._beating = True
+        self._tail = False
         if self._spilling:
             self._start()
 
@@ -127,11 +134,22 @@ class RunWriter:
 
     def set_status(self, status: str, end_time: int | None = None) -> None:
         self._beating = status == "RUNNING"
+        self._tail = False
         self._submit(Record(status=status, end_time=end_time))
 
     def set_heartbeat(self, on: bool) -> None:
         """Renew the heartbeat tags while this process works in the run (a stage), not after."""
         self._beating = on
+        self._tail = False
+
+    def begin_tail(self) -> None:
+        """The stage ends soon: send in smaller requests from now on, until its final status or heartbeat."""
+        if not self._tail:
+            self._tail = True
+            self._wake.set()
+
+    def _batch_points(self) -> int:
+        return TAIL_BATCH if self._tail else MAX_METRICS_PER_BATCH
 
     def _submit(self, record: Record, *, wait: bool = True) -> None:
         size = record.size
@@ -144,7 +162,7 @@ class RunWriter:
             else:
                 self._queue.append(record)
                 self._queued_points += size
-            full = self._queued_points >= MAX_METRICS_PER_BATCH
+            full = self._queued_points >= self._batch_points()
             if self._thread is None or not self._thread.is_alive():
                 self._start()
                 full = False
@@ -303,7 +321,8 @@ class RunWriter:
 
     def _take_full_batches(self) -> list[Record]:
         """Whole multiples of a request's worth of points from the queue (caller holds the lock)."""
-        want = (self._queued_points // MAX_METRICS_PER_BATCH) * MAX_METRICS_PER_BATCH
+        unit = self._batch_points()
+        want = (self._queued_points // unit) * unit
         taken: list[Record] = []
         while self._queue and want > 0:
             record = self._queue.popleft()
