@@ -247,7 +247,7 @@ class RunWriter:
             if self._park.is_set() or self._retire_if_idle():
                 return
             self._beat()
-            # Woken early (1000 points waiting, or a flush): full batches. Woken by the clock: all there is.
+            # Woken early (a full request waiting, or a flush): full batches. Woken by the clock: all there is.
             everything = not self._wake.wait(self._flush_interval)
             self._wake.clear()
 
