@@ -58,6 +58,10 @@ class StepAxes:
             return epoch
         return step
 
+    def on_step_axis(self, key: str) -> bool:
+        """True once ``key`` is recorded at the step it is logged with, for good."""
+        return self._axis.get(key) == "global_step"
+
     def keep_epoch_point(self, step: int) -> bool:
         """Lightning adds ``epoch`` to every logging call, step- and epoch-level: keep one point a step."""
         if self._last_epoch_step is not None and step <= self._last_epoch_step:

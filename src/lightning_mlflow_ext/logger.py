@@ -195,6 +195,7 @@ class MLflowLogger(Logger):
         self._driven_by_lightning = False  # a Trainer called log_graph: it runs a stage with this logger
         self._fitted_module: weakref.ReferenceType[pl.LightningModule] | None = None
         self._last_train_step: int | None = None  # the step a running fit is expected to end at, when known
+        self._step_axis_names: dict[str, str] = {}  # logged key -> name, for keys recorded at the logged step
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -261,38 +262,56 @@ class MLflowLogger(Logger):
     @override
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        # This runs on the training thread for every logging step: keys already known to be recorded at the
+        # step they are logged with (most of them) take a dict lookup, and finite floats skip any conversion.
         timestamp = int(time.time() * 1000)
-        epoch_level = self._at_epoch_end and self._epoch_axis_allowed
-        trainer = self._trainer
-        epoch = trainer.current_epoch if trainer is not None else None
-        points: list[MetricPoint] = []
-        map_name = self._metric_names.map
+        at_step = None if step is None else int(step)
+        known = self._step_axis_names
         floor = self._resume_floor
+        points: list[MetricPoint] = []
         for key, raw in metrics.items():
-            # This runs on the training thread for every point: the common case (a finite float) goes first.
             value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
             if value is None:
                 continue
-            is_epoch = key == EPOCH_KEY
-            if self._prefix:
-                key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"
-            name = map_name(key)
-            if name != key:
-                self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
-            point_step = int(step) if step is not None else self._step(name, None)
-            if is_epoch:
-                if not self._axes.keep_epoch_point(point_step):
+            if at_step is not None:
+                name = known.get(key)
+                if name is not None:
+                    if not floor or at_step > floor.get(name, -1):
+                        points.append((name, value, timestamp, at_step))
                     continue
-            else:
-                point_step = self._axes.step_for(name, epoch_level=epoch_level, epoch=epoch, step=point_step)
-            if floor and point_step <= floor.get(name, -1):
-                continue  # a resumed fit replays steps the run already holds: the first point stays
-            points.append((name, value, timestamp, point_step))
+            point = self._first_time_point(key, value, timestamp, at_step)
+            if point is not None and not (floor and point[3] <= floor.get(point[0], -1)):
+                points.append(point)  # (a resumed fit replays steps the run already holds: the first point stays)
         if points:
             last = self._last_train_step
-            if last is not None and step is not None and (last - step) * len(points) <= TAIL_POINTS:
+            if last is not None and at_step is not None and (last - at_step) * len(points) <= TAIL_POINTS:
                 self._session.stage_ends_soon()
             self._session.log_metrics(points)
+
+    def _first_time_point(self, logged: str, value: float, timestamp: int, step: int | None) -> MetricPoint | None:
+        """The point for a key not (yet) known to stay on the logged step: name it, choose its axis."""
+        key = logged
+        is_epoch = key == EPOCH_KEY
+        if self._prefix:
+            key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"
+        name = self._metric_names.map(key)
+        if name != key:
+            self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
+        point_step = step if step is not None else self._step(name, None)
+        if is_epoch:
+            if not self._axes.keep_epoch_point(point_step):
+                return None
+        else:
+            trainer = self._trainer
+            point_step = self._axes.step_for(
+                name,
+                epoch_level=self._at_epoch_end and self._epoch_axis_allowed,
+                epoch=trainer.current_epoch if trainer is not None else None,
+                step=point_step,
+            )
+            if step is not None and self._axes.on_step_axis(name):
+                self._step_axis_names[logged] = name
+        return (name, value, timestamp, point_step)
 
     def _step(self, key: str, step: int | None) -> int:
         if step is not None:
@@ -742,6 +761,7 @@ class MLflowLogger(Logger):
     def _forget_run_state(self) -> None:
         """What this logger knew of a run it no longer writes into (axes read from its tags, changed params)."""
         self._axes.reset()
+        self._step_axis_names = {}
         self._axes_seeded = False
         self._axis_tags_sent = None
         self._changed_params = {}
