@@ -86,14 +86,6 @@ def run(args: argparse.Namespace) -> None:
 
     cpu: dict[str, tuple[float, float]] = {}  # fit -> (this process's CPU s, the server's CPU s)
 
-    def server_cpu(pids: list[int]) -> float:
-        ticks = 0
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])  # utime + stime
-        return ticks / os.sysconf("SC_CLK_TCK")
-
     def fit(log_model: bool | str, server_uri: str, root: Path, pin: list[int] | None = None) -> list[float]:
         data = DataLoader(TensorDataset(torch.randn(64, side)), batch_size=8)
         clock = EpochClock()
@@ -111,11 +103,10 @@ def run(args: argparse.Namespace) -> None:
             enable_model_summary=False,
             num_sanity_val_steps=0,
         )
-        pids = server.process_group()
-        own0, server0 = time.process_time(), server_cpu(pids)
+        own0, server0 = time.process_time(), server.cpu_seconds()
         try:
             trainer.fit(Big(), data)
-            cpu[root.name] = (time.process_time() - own0, server_cpu(pids) - server0)
+            cpu[root.name] = (time.process_time() - own0, server.cpu_seconds() - server0)
         finally:
             torch.set_num_threads(threads)
             for tid in (int(t) for t in os.listdir("/proc/self/task")):

@@ -244,24 +244,12 @@ def _timed_fit(steps: int, logger: Any, root: Path) -> float:
     return elapsed
 
 
-def server_cpu_seconds(server: Any) -> float:
-    """CPU time used so far by the server's process group (the server and its uvicorn worker)."""
-    ticks = 0
-    for pid in server.handle.process_group():
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class FitRow:
     config: str
     samples: list[float] = field(default_factory=list)  # fit seconds, one per round
     cpu_samples: list[float] = field(default_factory=list)  # server CPU seconds, one per round
     drain_samples: list[float] = field(default_factory=list)
-    server_cpu: float | None = None
-    drain_after_fit: float | None = None
     stored_bench_keys: int | None = None
     stored_all_keys: int | None = None
     keys: int | None = None
@@ -272,11 +260,19 @@ class FitRow:
 
     @property
     def seconds(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
+        return _median(self.samples)
 
-    @seconds.setter
-    def seconds(self, value: float) -> None:
-        self.samples.append(value)
+    @property
+    def server_cpu(self) -> float | None:
+        return _median(self.cpu_samples)
+
+    @property
+    def drain_after_fit(self) -> float | None:
+        return _median(self.drain_samples)
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 @contextlib.contextmanager
@@ -336,20 +332,17 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
         if row is None:
             row = by_name[name] = FitRow(name, baseline=baseline)
             rows.append(row)
-        cpu_before = server_cpu_seconds(server)
+        cpu_before = server.handle.cpu_seconds()
         try:
             body(row)
-            row.cpu_samples.append(server_cpu_seconds(server) - cpu_before)
-            row.server_cpu = statistics.median(row.cpu_samples)
-            if row.drain_samples:
-                row.drain_after_fit = statistics.median(row.drain_samples)
+            row.cpu_samples.append(server.handle.cpu_seconds() - cpu_before)
         except Exception as exc:
             row.error = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         progress(f"fit: {name}: {round(row.samples[-1], 2) if row.samples else None} s")
 
     def baseline(row: FitRow) -> None:
-        row.seconds = _timed_fit(steps, False, work / "fit-none")
+        row.samples.append(_timed_fit(steps, False, work / "fit-none"))
 
     def ext(row: FitRow) -> None:
         from lightning_mlflow_ext import MLflowLogger
@@ -357,7 +350,7 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
         save_dir = work / f"fit-ext-{uuid.uuid4().hex[:8]}"
         save_dir.mkdir()
         logger = MLflowLogger(experiment_name=experiment_name("fit-ext"), tracking_uri=server.uri, save_dir=save_dir)
-        row.seconds = _timed_fit(steps, logger, save_dir)
+        row.samples.append(_timed_fit(steps, logger, save_dir))
         t0 = time.perf_counter()
         undelivered = logger.flush()
         row.drain_samples.append(time.perf_counter() - t0)
@@ -374,7 +367,7 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
                 save_dir=str(work / "fit-lightning-mlruns"),
                 **kwargs,
             )
-            row.seconds = _timed_fit(steps, logger, work / "fit-lightning")
+            row.samples.append(_timed_fit(steps, logger, work / "fit-lightning"))
             t0 = time.perf_counter()
             mlflow.flush_async_logging()  # set_terminated() in finalize already drained; this should be ~0
             row.drain_samples.append(time.perf_counter() - t0)
@@ -388,7 +381,7 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
         mlflow.set_experiment(experiment_name("fit-autolog"))
         mlflow.pytorch.autolog(log_every_n_step=1, log_models=False, checkpoint=False, silent=True)
         try:
-            row.seconds = _timed_fit(steps, False, work / "fit-autolog")
+            row.samples.append(_timed_fit(steps, False, work / "fit-autolog"))
         finally:
             mlflow.pytorch.autolog(disable=True)
         last = mlflow.last_active_run()

@@ -192,6 +192,15 @@ class MlflowServer:
                         found.append(int(entry.name))
         return found
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's process group has used so far."""
+        ticks = 0
+        for pid in self.process_group():
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> None:
         """Terminate the server (SIGTERM, SIGKILL to its process group after ``timeout``) and wait
         until its port no longer has a listener."""
