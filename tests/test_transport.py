@@ -16,7 +16,7 @@ import pytest
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
-from lightning_mlflow_ext.transport import LOG_BATCH, DeliveryError, HttpTransport
+from lightning_mlflow_ext.transport import LOG_BATCH, DeliveryError, Endpoint, HttpTransport
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -32,6 +32,8 @@ class Recorder(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    do_PUT = do_POST
 
     def log_message(self, *args: object) -> None:
         pass
@@ -85,6 +87,26 @@ def test_the_writer_sends_the_credentials_mlflow_sends(recorder, monkeypatch, en
             {"key": "nan", "value": "NaN", "timestamp": 1000, "step": 3},
         ],
     }
+
+
+@pytest.mark.parametrize("env", [{}, {"MLFLOW_TRACKING_TOKEN": "tok-123"}], ids=["no auth", "token"])
+def test_a_file_goes_up_whole_with_the_credentials_mlflow_sends(recorder, monkeypatch, tmp_path, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    expected = _auth_sent_by_mlflow(recorder)
+    payload = bytes(range(256)) * 40_000  # 10 MB, every byte value
+    local = tmp_path / "w.ckpt"
+    local.write_bytes(payload)
+    endpoint = Endpoint(recorder + "/api/2.0/mlflow-artifacts/artifacts/1/r1/artifacts")
+
+    for _ in range(2):  # the second goes over the same kept-alive connection
+        assert endpoint.put_file("/ck/w.ckpt", local, "application/octet-stream", 10)[0] == 200
+
+    for path, headers, body in Recorder.seen:
+        assert path == "/api/2.0/mlflow-artifacts/artifacts/1/r1/artifacts/ck/w.ckpt"
+        assert headers.get("Authorization") == expected
+        assert headers["Content-Type"] == "application/octet-stream"
+        assert body == payload
 
 
 def test_a_refusal_is_permanent_and_says_why(recorder):

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+from lightning_mlflow_ext.artifact_store import RunArtifacts
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,9 @@ class UploadReport:
     pending: int = 0
 
 
-def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_of(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()  # reads into one buffer; the GIL is free
 
 
 def snapshot(path: str | os.PathLike[str], staging: Path, *, link: bool = False) -> Path:
@@ -64,7 +62,7 @@ class ArtifactUploader:
     def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str, staging: Path) -> None:
         self._client = client
         self._run_id = run_id
-        self._tracking_uri = tracking_uri
+        self._artifacts = RunArtifacts(client, run_id, tracking_uri)
         self.staging = staging
         self._jobs: deque[tuple[str, Callable[[], None]]] = deque()
         self._cond = threading.Condition()
@@ -97,9 +95,11 @@ class ArtifactUploader:
             digest = sha256_of(local)
             metadata["sha256"] = digest
             if uploaded.get(artifact_path) != digest:
-                self._client.log_artifact(self._run_id, str(local), artifact_dir)
+                self._artifacts.log_file(local, artifact_dir)
                 uploaded[artifact_path] = digest
-            self._client.log_text(self._run_id, json.dumps(metadata, indent=2), artifact_path + ".json")
+            described = local.with_name(local.name + ".json")  # beside the snapshot: removed with it
+            described.write_text(json.dumps(metadata, indent=2))
+            self._artifacts.log_file(described, artifact_dir)
 
         self._submit_then_remove(f"upload {artifact_path}", local, job)
 
@@ -113,7 +113,7 @@ class ArtifactUploader:
         """Upload a snapshot (see ``snapshot``) into ``artifact_dir``, then remove it."""
 
         def job() -> None:
-            self._client.log_artifact(self._run_id, str(local), artifact_dir)
+            self._artifacts.log_file(local, artifact_dir)
 
         self._submit_then_remove(f"upload {artifact_dir or '.'}/{local.name}", local, job)
 
@@ -147,10 +147,8 @@ class ArtifactUploader:
         """Remove an artifact where the store supports it; otherwise call ``on_unsupported``."""
 
         def job() -> None:
-            artifact_uri = self._client.get_run(self._run_id).info.artifact_uri
-            repository = get_artifact_repository(artifact_uri, tracking_uri=self._tracking_uri)
             try:
-                repository.delete_artifacts(artifact_path)  # type: ignore[no-untyped-call]
+                self._artifacts.delete(artifact_path)
             except (NotImplementedError, AttributeError):
                 on_unsupported()
 

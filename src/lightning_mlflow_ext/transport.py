@@ -17,6 +17,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import requests
@@ -72,6 +73,8 @@ def _json_value(value: float) -> float | str:
 
 #: How long resolved credentials and request headers are reused before they are read again.
 CREDENTIALS_TTL_S = 60.0
+#: Bytes per write when a file goes over TLS.
+FILE_BLOCK = 1 << 20
 
 
 def _plain_auth_header(creds: MlflowHostCreds) -> dict[str, str] | None:
@@ -97,6 +100,22 @@ def _plain_auth_header(creds: MlflowHostCreds) -> dict[str, str] | None:
     return {}
 
 
+def _send_file(conn: http.client.HTTPConnection, method: str, url: str, path: Path, headers: Mapping[str, str]) -> None:
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        conn.putrequest(method, url, skip_accept_encoding=True)
+        for name, value in {**headers, "Content-Length": str(size)}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        if conn.sock is None:
+            raise ConnectionResetError("the connection closed before the body was sent")
+        if isinstance(conn.sock, ssl.SSLSocket):  # TLS is done in user space: large writes, not sendfile
+            while block := handle.read(FILE_BLOCK):
+                conn.sock.sendall(block)
+        else:
+            conn.sock.sendfile(handle)
+
+
 class _Connection:
     """One kept-alive ``http.client`` connection: a request costs the writer one send and one receive.
 
@@ -120,17 +139,32 @@ class _Connection:
         self._conn: http.client.HTTPConnection | None = None
 
     def post(self, endpoint: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, str]:
+        return self._exchange("POST", endpoint, body, headers, timeout)
+
+    def put_file(self, endpoint: str, path: Path, headers: Mapping[str, str], timeout: float) -> tuple[int, str]:
+        """PUT a file's bytes. Over plain HTTP the kernel sends them (``sendfile``): no copy through Python,
+        and the GIL is free while they go."""
+        return self._exchange("PUT", endpoint, path, headers, timeout)
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        return self._conn
+
+    def _exchange(
+        self, method: str, endpoint: str, body: bytes | Path, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, str]:
         for attempt in (1, 2):
-            if self._conn is None:
-                if self._https:
-                    self._conn = http.client.HTTPSConnection(
-                        self._host, self._port, timeout=timeout, context=self._context
-                    )
-                else:
-                    self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            conn = self._connect(timeout)
             try:
-                self._conn.request("POST", self._base + endpoint, body=body, headers=dict(headers))
-                response = self._conn.getresponse()
+                if isinstance(body, Path):
+                    _send_file(conn, method, self._base + endpoint, body, headers)
+                else:
+                    conn.request(method, self._base + endpoint, body=body, headers=dict(headers))
+                response = conn.getresponse()
                 text = response.read().decode("utf-8", "replace")
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 self.close()
@@ -157,7 +191,7 @@ def _proxied(url: str) -> bool:
     return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
-class _Endpoint:
+class Endpoint:
     """Posts JSON to the server with the credentials, headers and TLS settings MLflow's client would use.
 
     MLflow's ``http_request`` resolves credentials and every request-header provider on each call (a few
@@ -205,6 +239,23 @@ class _Endpoint:
             return int(response.status_code), str(response.text)
         return connection.post(endpoint, body.encode(), {**headers, "Content-Type": "application/json"}, timeout)
 
+    def put_file(self, endpoint: str, path: Path, content_type: str, timeout: float) -> tuple[int, str]:
+        creds, headers, connection = self._current()
+        if headers is None or connection is None:
+            with open(path, "rb") as handle:
+                response = http_request(  # type: ignore[no-untyped-call]
+                    creds,
+                    endpoint,
+                    "PUT",
+                    max_retries=0,
+                    timeout=timeout,
+                    raise_on_status=False,
+                    data=handle,
+                    extra_headers={"Content-Type": content_type},
+                )
+            return int(response.status_code), str(response.text)
+        return connection.put_file(endpoint, path, {**headers, "Content-Type": content_type}, timeout)
+
 
 class HttpTransport:
     """Talks to an MLflow server's REST API with one attempt per call and a bounded timeout."""
@@ -212,7 +263,7 @@ class HttpTransport:
     def __init__(self, tracking_uri: str, timeout: float = 30.0) -> None:
         self._tracking_uri = tracking_uri
         self._timeout = timeout
-        self._endpoint = _Endpoint(tracking_uri)
+        self._endpoint = Endpoint(tracking_uri)
 
     def _post(self, endpoint: str, body: dict[str, Any]) -> None:
         try:

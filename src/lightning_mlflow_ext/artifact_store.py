@@ -1,0 +1,64 @@
+"""Where a run's artifact files go: over one kept-alive connection to an MLflow server's artifact proxy, or
+through MLflow's artifact repository for every other store.
+
+``MlflowClient.log_artifact`` fetches the run on every call and streams the file through ``requests`` in
+16 KB pieces, each taking the GIL back from training. Against the proxy (``mlflow-artifacts:``, the
+default of ``mlflow server``), this sends the file with ``sendfile`` instead: the kernel moves the bytes.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import urllib.parse
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository, verify_artifact_path
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+from mlflow.utils.mime_type_utils import _guess_mime_type
+
+from lightning_mlflow_ext.transport import Endpoint
+
+#: Seconds a single send or receive of an upload may stall before it counts as failed.
+UPLOAD_TIMEOUT_S = 300.0
+
+
+class RunArtifacts:
+    """One run's artifact store, looked up once."""
+
+    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._tracking_uri = tracking_uri
+        self._repository: ArtifactRepository | None = None
+        self._endpoint: Endpoint | None = None
+
+    @property
+    def repository(self) -> ArtifactRepository:
+        if self._repository is None:
+            artifact_uri = self._client.get_run(self._run_id).info.artifact_uri
+            self._repository = get_artifact_repository(artifact_uri, tracking_uri=self._tracking_uri)
+            if isinstance(self._repository, HttpArtifactRepository):
+                self._endpoint = Endpoint(self._repository.artifact_uri)
+        return self._repository
+
+    def log_file(self, local: Path, artifact_dir: str | None) -> None:
+        """Store ``local`` as ``<artifact_dir>/<its name>``, as ``MlflowClient.log_artifact`` would."""
+        repository = self.repository
+        if self._endpoint is None or MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD.get():  # type: ignore[no-untyped-call]
+            repository.log_artifact(str(local), artifact_dir)  # type: ignore[no-untyped-call]
+            return
+        verify_artifact_path(artifact_dir)  # type: ignore[no-untyped-call]
+        artifact_path = posixpath.join(artifact_dir, local.name) if artifact_dir else local.name
+        endpoint = "/" + urllib.parse.quote(artifact_path, safe="/")
+        content_type = _guess_mime_type(local.name)  # type: ignore[no-untyped-call]
+        status, text = self._endpoint.put_file(endpoint, local, content_type, UPLOAD_TIMEOUT_S)
+        if status != 200:
+            raise MlflowException(f"HTTP {status} storing artifact {artifact_path}: {text[:500]}")
+
+    def delete(self, artifact_path: str) -> None:
+        """Remove an artifact; NotImplementedError or AttributeError where the store cannot."""
+        self.repository.delete_artifacts(artifact_path)  # type: ignore[no-untyped-call]

@@ -1,0 +1,60 @@
+"""Files reach the run's artifact store byte for byte, under the name asked for, whatever the store.
+
+Against ``mlflow server --serve-artifacts`` they go over this package's own connection (``sendfile``); on
+the embedded store through MLflow's repository. Both are read back through ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from lightning_mlflow_ext.artifact_store import RunArtifacts
+
+
+def _run(client: MlflowClient, experiment_name: str) -> str:
+    return client.create_run(client.create_experiment(experiment_name)).info.run_id
+
+
+@pytest.mark.parametrize("name", ["epoch=3-step=40.ckpt", "val loss 0.25%.ckpt", "modèle.pt"])
+def test_a_file_arrives_whole_under_its_name(tracking_uri, client, experiment_name, tmp_path, name):
+    run_id = _run(client, experiment_name)
+    local = tmp_path / name
+    local.write_bytes(os.urandom(3_000_000))
+    store = RunArtifacts(client, run_id, tracking_uri)
+
+    store.log_file(local, "checkpoints/val_loss")
+    store.log_file(local, None)
+
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoints/val_loss")] == [f"checkpoints/val_loss/{name}"]
+    assert name in [f.path for f in client.list_artifacts(run_id)]
+    for artifact_path in (f"checkpoints/val_loss/{name}", name):
+        back = Path(client.download_artifacts(run_id, artifact_path, str(tmp_path / "back" / artifact_path)))
+        assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(local.read_bytes()).digest()
+
+
+def test_a_bad_folder_is_refused_and_nothing_is_stored(tracking_uri, client, experiment_name, tmp_path):
+    run_id = _run(client, experiment_name)
+    local = tmp_path / "w.ckpt"
+    local.write_bytes(b"weights")
+
+    with pytest.raises(MlflowException, match="Invalid artifact path"):
+        RunArtifacts(client, run_id, tracking_uri).log_file(local, "../elsewhere")
+    assert client.list_artifacts(run_id) == []
+
+
+def test_an_upload_the_server_refuses_raises_with_its_answer(mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server.uri)
+    run_id = _run(client, "refused-upload")
+    local = tmp_path / "w.ckpt"
+    local.write_bytes(b"weights")
+
+    # Passes the client-side check, but the proxy decodes it to ".." and refuses it.
+    with pytest.raises(MlflowException, match=r"HTTP 400 storing artifact %2e%2e/w.ckpt: .*Invalid path"):
+        RunArtifacts(client, run_id, mlflow_server.uri).log_file(local, "%2e%2e")
+    assert client.list_artifacts(run_id) == []
