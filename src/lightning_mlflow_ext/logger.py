@@ -284,8 +284,8 @@ class MLflowLogger(Logger):
                 points.append(point)  # (a resumed fit replays steps the run already holds: the first point stays)
         if points:
             last = self._last_train_step
-            if last is not None and at_step is not None and (last - at_step) * len(points) <= TAIL_POINTS:
-                self._session.stage_ends_soon()
+            if last is not None and at_step is not None and (left := (last - at_step) * len(points)) <= TAIL_POINTS:
+                self._session.stage_ends_soon(left)
             self._session.log_metrics(points)
 
     def _first_time_point(self, logged: str, value: float, timestamp: int, step: int | None) -> MetricPoint | None:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -374,7 +375,11 @@ class RunSession:
         return str(experiment.experiment_id)
 
     def _create_run(self) -> Run:
-        experiment_id = self._experiment_id_for_new_run()
+        # The git calls (subprocesses) run while the experiment is looked up on the server: both mostly wait.
+        with ThreadPoolExecutor(1, thread_name_prefix="mlflow-code-state") as pool:
+            code = pool.submit(code_state, source_dir())
+            experiment_id = self._experiment_id_for_new_run()
+            code_tags = code.result()
         tags = dict(self._tags)
         tags[OWNER_TAG] = OWNER
         tags[HEARTBEAT_TAG] = heartbeat()
@@ -386,7 +391,7 @@ class RunSession:
         tags = resolve_tags(tags, ignore=[GitRunContext])  # type: ignore[list-item]  # classes, as MLflow uses it
         for key in [k for k in tags if k.startswith(GIT_TAG_PREFIX)]:
             del tags[key]
-        tags.update(code_state(source_dir()))
+        tags.update(code_tags)
         return self.client.create_run(experiment_id, run_name=self._run_name, tags=tags)
 
     def _record_code_diff(self, tags: Mapping[str, str]) -> None:
@@ -505,10 +510,10 @@ class RunSession:
         self._fresh = False
         self.writer.log_metrics(points)
 
-    def stage_ends_soon(self) -> None:
+    def stage_ends_soon(self, points_left: int) -> None:
         """The stage's last points are being logged: keep what waits for the server small from now on."""
         if self._writer is not None:
-            self._writer.begin_tail()
+            self._writer.begin_tail(points_left)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if tags:

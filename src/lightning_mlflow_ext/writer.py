@@ -25,9 +25,13 @@ T = TypeVar("T")
 
 __all__ = ["DeliveryReport", "MetricPoint", "RunWriter"]
 
-#: Near a stage's known end, points go in requests of this many or more instead of 1000: the drain at the end
-#: of the stage then waits for the server to take a few hundred points, not a whole batch.
+#: Near a stage's known end, points go in requests of at most this many instead of 1000, shrinking to
+#: TAIL_MIN_BATCH as the end nears: the drain at the end of the stage then waits for the server to take a few
+#: dozen points, not a whole batch.
 TAIL_BATCH = 200
+#: The smallest tail request: below about 40 points a request costs the server more time than the training
+#: loop takes to log them, and the writer would fall behind.
+TAIL_MIN_BATCH = 50
 #: How close to its end (in points still to come) a stage switches to tail batches: one full request's worth.
 TAIL_POINTS = MAX_METRICS_PER_BATCH
 
@@ -110,7 +114,7 @@ class RunWriter:
         self._heartbeat_interval = heartbeat_interval
         self._next_beat = time.monotonic() + heartbeat_interval
         self._beating = True
-        self._tail = False
+        self._tail_batch = 0  # 0: not in a stage's tail
         if self._spilling:
             self._start()
 
@@ -134,22 +138,26 @@ class RunWriter:
 
     def set_status(self, status: str, end_time: int | None = None) -> None:
         self._beating = status == "RUNNING"
-        self._tail = False
+        self._tail_batch = 0
         self._submit(Record(status=status, end_time=end_time))
 
     def set_heartbeat(self, on: bool) -> None:
         """Renew the heartbeat tags while this process works in the run (a stage), not after."""
         self._beating = on
-        self._tail = False
+        self._tail_batch = 0
 
-    def begin_tail(self) -> None:
-        """The stage ends soon: send in smaller requests from now on, until its final status or heartbeat."""
-        if not self._tail:
-            self._tail = True
-            self._wake.set()
+    def begin_tail(self, points_left: int) -> None:
+        """The stage ends after about ``points_left`` more points: send in smaller requests from now on (a
+        quarter of what is left, between TAIL_MIN_BATCH and TAIL_BATCH), until its final status or heartbeat."""
+        batch = max(TAIL_MIN_BATCH, min(TAIL_BATCH, points_left // 4))
+        if batch != self._tail_batch:
+            wake = not self._tail_batch
+            self._tail_batch = batch
+            if wake:
+                self._wake.set()
 
     def _batch_points(self) -> int:
-        return TAIL_BATCH if self._tail else MAX_METRICS_PER_BATCH
+        return self._tail_batch or MAX_METRICS_PER_BATCH
 
     def _submit(self, record: Record, *, wait: bool = True) -> None:
         size = record.size
