@@ -196,6 +196,7 @@ class MLflowLogger(Logger):
         self._fitted_module: weakref.ReferenceType[pl.LightningModule] | None = None
         self._last_train_step: int | None = None  # the step a running fit is expected to end at, when known
         self._step_axis_names: dict[str, str] = {}  # logged key -> name, for keys recorded at the logged step
+        self._epoch_name: str | None = None  # the name Lightning's `epoch` key is recorded under, once seen
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -267,18 +268,25 @@ class MLflowLogger(Logger):
         timestamp = int(time.time() * 1000)
         at_step = None if step is None else int(step)
         known = self._step_axis_names
+        epoch_name = self._epoch_name
         floor = self._resume_floor
         points: list[MetricPoint] = []
         for key, raw in metrics.items():
-            value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
-            if value is None:
-                continue
             if at_step is not None:
                 name = known.get(key)
                 if name is not None:
-                    if not floor or at_step > floor.get(name, -1):
+                    value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
+                    if value is not None and (not floor or at_step > floor.get(name, -1)):
                         points.append((name, value, timestamp, at_step))
                     continue
+                if key == EPOCH_KEY and type(raw) is int and epoch_name is not None:
+                    # Lightning adds the current epoch to every call: one point a step.
+                    if self._axes.keep_epoch_point(at_step) and not (floor and at_step <= floor.get(epoch_name, -1)):
+                        points.append((epoch_name, float(raw), timestamp, at_step))
+                    continue
+            value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
+            if value is None:
+                continue
             point = self._first_time_point(key, value, timestamp, at_step)
             if point is not None and not (floor and point[3] <= floor.get(point[0], -1)):
                 points.append(point)  # (a resumed fit replays steps the run already holds: the first point stays)
@@ -299,6 +307,7 @@ class MLflowLogger(Logger):
             self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
         point_step = step if step is not None else self._step(name, None)
         if is_epoch:
+            self._epoch_name = name
             if not self._axes.keep_epoch_point(point_step):
                 return None
         else:
@@ -762,6 +771,7 @@ class MLflowLogger(Logger):
         """What this logger knew of a run it no longer writes into (axes read from its tags, changed params)."""
         self._axes.reset()
         self._step_axis_names = {}
+        self._epoch_name = None
         self._axes_seeded = False
         self._axis_tags_sent = None
         self._changed_params = {}
