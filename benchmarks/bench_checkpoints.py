@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))  # for mlflow_server (the test-suite's s
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--mb", type=int, default=100, help="checkpoint size in MB (float32 weights)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every (no uploads, uploads) pair")
     return parser.parse_args()

@@ -78,7 +78,7 @@ class Sizes:
     call_calls: int  # call: log_metrics calls timed one by one
     call_loop_calls: int  # call: log_metrics calls in one timed loop (mean)
     rss_points: int  # rss: points logged by the subprocess
-    rounds: int = 5  # fit: rounds of (logger=False, MLflowLogger), interleaved; medians reported
+    rounds: int = 9  # fit: rounds of (logger=False, MLflowLogger), interleaved; medians reported
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Sizes:
@@ -852,7 +852,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=None,
-        help="fit: interleaved rounds of logger=False and MLflowLogger, medians compared (default 5; 1 with --quick)",
+        help="fit: interleaved rounds of logger=False and MLflowLogger, medians compared (default 9; 1 with --quick)",
     )
     p.add_argument("--only", default=None, help=f"comma-separated sections to run: {','.join(SECTIONS)}")
     p.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this path")
