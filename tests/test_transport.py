@@ -120,3 +120,24 @@ def test_an_unreachable_server_is_transient():
     with pytest.raises(DeliveryError, match="unreachable") as failed:
         HttpTransport("http://127.0.0.1:9", timeout=2).set_status("r1", "FINISHED", 1)
     assert failed.value.transient
+
+
+def test_behind_a_proxy_a_file_goes_through_mlflows_client_whole(recorder, monkeypatch, tmp_path):
+    # Only `requests` honours proxy settings, so a proxied server gets MLflow's own request path. The recorder
+    # plays the proxy: it receives the absolute URL of the real destination.
+    monkeypatch.setenv("http_proxy", recorder)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    payload = bytes(range(256)) * 4_000
+    local = tmp_path / "w.ckpt"
+    local.write_bytes(payload)
+
+    status, _ = Endpoint("http://tracking.invalid:5000/api/2.0/mlflow-artifacts/artifacts/1/r1/artifacts").put_file(
+        "/ck/w.ckpt", local, "application/octet-stream", 10
+    )
+
+    assert status == 200
+    path, headers, body = Recorder.seen.pop()
+    assert path == "http://tracking.invalid:5000/api/2.0/mlflow-artifacts/artifacts/1/r1/artifacts/ck/w.ckpt"
+    assert "mlflow-python-client" in headers["User-Agent"]
+    assert body == payload

@@ -248,35 +248,32 @@ class Endpoint:
     def post(self, endpoint: str, body: str, timeout: float) -> tuple[int, str]:
         creds, headers, connection = self._current()
         if headers is None or connection is None:
-            response = http_request(  # type: ignore[no-untyped-call]
-                creds,
-                endpoint,
-                "POST",
-                max_retries=0,
-                timeout=timeout,
-                raise_on_status=False,
-                data=body,
-                extra_headers={"Content-Type": "application/json"},
-            )
-            return int(response.status_code), str(response.text)
+            return _through_mlflow(creds, "POST", endpoint, body, "application/json", timeout)
         return connection.post(endpoint, body.encode(), {**headers, "Content-Type": "application/json"}, timeout)
 
     def put_file(self, endpoint: str, path: Path, content_type: str, timeout: float) -> tuple[int, str]:
         creds, headers, connection = self._current()
         if headers is None or connection is None:
             with open(path, "rb") as handle:
-                response = http_request(  # type: ignore[no-untyped-call]
-                    creds,
-                    endpoint,
-                    "PUT",
-                    max_retries=0,
-                    timeout=timeout,
-                    raise_on_status=False,
-                    data=handle,
-                    extra_headers={"Content-Type": content_type},
-                )
-            return int(response.status_code), str(response.text)
+                return _through_mlflow(creds, "PUT", endpoint, handle, content_type, timeout)
         return connection.put_file(endpoint, path, {**headers, "Content-Type": content_type}, timeout)
+
+
+def _through_mlflow(
+    creds: MlflowHostCreds, method: str, endpoint: str, data: Any, content_type: str, timeout: float
+) -> tuple[int, str]:
+    """One attempt through MLflow's own ``http_request``: for credentials and proxies only it can handle."""
+    response = http_request(  # type: ignore[no-untyped-call]
+        creds,
+        endpoint,
+        method,
+        max_retries=0,
+        timeout=timeout,
+        raise_on_status=False,
+        data=data,
+        extra_headers={"Content-Type": content_type},
+    )
+    return int(response.status_code), str(response.text)
 
 
 class HttpTransport:
