@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import random
 import resource
 import sqlite3
 import statistics
@@ -69,6 +70,21 @@ def pass_miss(ok: bool | None) -> str:
 
 
 # --------------------------------------------------------------------------- sizes
+
+
+def _ratio_interval(ours: list[float], base: list[float], draws: int = 4000) -> tuple[float, float] | None:
+    """A 90% bootstrap interval of median(ours) / median(base), resampling whole rounds (each round ran the
+    pair back to back, so a slow spell of the machine stays paired). None with fewer than 3 rounds."""
+    if len(ours) != len(base) or len(ours) < 3:
+        return None
+    rng = random.Random(0)
+    n = len(ours)
+    ratios = []
+    for _ in range(draws):
+        picked = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(ours[i] for i in picked) / statistics.median(base[i] for i in picked))
+    ratios.sort()
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws) - 1]
 
 
 @dataclass
@@ -408,10 +424,13 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
                 run_config("lightning_mlflow_ext.MLflowLogger, training on core 0, server on core 1", ext, pinned_base)
 
     seconds_of = {row.config: row.seconds for row in rows}
+    samples_of = {row.config: row.samples for row in rows}
     out_rows = []
     for row in rows:
         base = seconds_of.get(row.baseline)
         ratio = row.seconds / base if (row.seconds is not None and base) else None
+        paired = samples_of.get(row.baseline, []) if row.baseline != row.config else []
+        interval = _ratio_interval(row.samples, paired)
         complete = None if row.config.startswith("logger=False") or row.error else row.stored_bench_keys == expected
         out_rows.append(
             {
@@ -421,6 +440,7 @@ def section_fit(server: Any, sizes: Sizes, work: Path) -> dict[str, Any]:
                 "all_seconds": row.samples,
                 "server_cpu_s": row.server_cpu,
                 "ratio_to_no_logger": ratio,
+                "ratio_interval_90": interval,
                 "drain_after_fit_s": row.drain_after_fit,
                 "stored_points_bench_keys": row.stored_bench_keys,
                 "stored_points_all_keys": row.stored_all_keys,
@@ -767,9 +787,11 @@ def render(results: dict[str, Any]) -> str:
         if r["config"].startswith("lightning_mlflow_ext") and r["ratio_to_no_logger"] is not None:
             where = "server on its own core" if "core 1" in r["config"] else "server sharing the 2 cores"
             ok = r["ratio_to_no_logger"] <= TARGET_FIT_RATIO and bool(r["complete"])
+            interval = r.get("ratio_interval_90")
+            spread = f" (90% interval {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
             lines.append(
                 f"| 1 | fit with MLflowLogger / without, {where}, every point stored | "
-                f"{r['ratio_to_no_logger']:.3f}x | ≤ {TARGET_FIT_RATIO:.2f}x | {pass_miss(ok)} |"
+                f"{r['ratio_to_no_logger']:.3f}x{spread} | ≤ {TARGET_FIT_RATIO:.2f}x | {pass_miss(ok)} |"
             )
     d = s.get("drain")
     if d and "error" not in d:
