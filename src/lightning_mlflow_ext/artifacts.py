@@ -114,17 +114,29 @@ class ArtifactUploader:
             if uploaded.get(artifact_path) != digest:
                 self._artifacts.log_file(local, artifact_dir)
                 uploaded[artifact_path] = digest
-            described = local.with_name(local.name + ".json")  # beside the snapshot: removed with it
-            described.write_text(json.dumps(metadata, indent=2))
-            self._artifacts.log_file(described, artifact_dir)
+            self._store_text(json.dumps(metadata, indent=2), artifact_path + ".json")
 
         self._submit_then_remove(f"upload {artifact_path}", local, job)
 
     def upload_bytes(self, data: bytes, artifact_file: str) -> None:
-        staged = self.staging / uuid.uuid4().hex / posixpath.basename(artifact_file)
-        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged = self._staged(artifact_file)
         staged.write_bytes(data)
         self.upload_snapshot(staged, posixpath.dirname(artifact_file) or None)
+
+    def _staged(self, artifact_file: str) -> Path:
+        """A fresh file in a folder of its own under staging, named like ``artifact_file``."""
+        staged = self.staging / uuid.uuid4().hex / posixpath.basename(artifact_file)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        return staged
+
+    def _store_text(self, text: str, artifact_file: str) -> None:
+        """On the worker: store ``text`` (UTF-8) as ``artifact_file``, through the same path as every file."""
+        staged = self._staged(artifact_file)
+        try:
+            staged.write_text(text, encoding="utf-8")
+            self._artifacts.log_file(staged, posixpath.dirname(artifact_file) or None)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
 
     def upload_snapshot(self, local: Path, artifact_dir: str | None) -> None:
         """Upload a snapshot (see ``snapshot``) into ``artifact_dir``, then remove it."""
@@ -158,7 +170,7 @@ class ArtifactUploader:
         self.submit(f"log table {artifact_file}", lambda: self._client.log_table(self._run_id, data, artifact_file))
 
     def upload_text(self, text: str, artifact_file: str) -> None:
-        self.submit(f"write {artifact_file}", lambda: self._client.log_text(self._run_id, text, artifact_file))
+        self.submit(f"write {artifact_file}", lambda: self._store_text(text, artifact_file))
 
     def delete(self, artifact_path: str, on_unsupported: Callable[[], None]) -> None:
         """Remove an artifact where the store supports it; otherwise call ``on_unsupported``."""

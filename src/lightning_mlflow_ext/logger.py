@@ -272,20 +272,18 @@ class MLflowLogger(Logger):
         floor = self._resume_floor
         points: list[MetricPoint] = []
         for key, raw in metrics.items():
-            if at_step is not None:
-                name = known.get(key)
-                if name is not None:
-                    value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
-                    if value is not None and (not floor or at_step > floor.get(name, -1)):
-                        points.append((name, value, timestamp, at_step))
-                    continue
-                if key == EPOCH_KEY and type(raw) is int and epoch_name is not None:
-                    # Lightning adds the current epoch to every call: one point a step.
-                    if self._axes.keep_epoch_point(at_step) and not (floor and at_step <= floor.get(epoch_name, -1)):
-                        points.append((epoch_name, float(raw), timestamp, at_step))
-                    continue
+            name = None if at_step is None else known.get(key)
+            if name is None and epoch_name and at_step is not None and key == EPOCH_KEY and type(raw) is int:
+                # Lightning adds the current epoch to every call: one point a step.
+                if self._axes.keep_epoch_point(at_step) and not (floor and at_step <= floor.get(epoch_name, -1)):
+                    points.append((epoch_name, float(raw), timestamp, at_step))
+                continue
             value = raw if type(raw) is float and raw - raw == 0.0 else self._metric_value(key, raw)
             if value is None:
+                continue
+            if name is not None and at_step is not None:
+                if not floor or at_step > floor.get(name, -1):
+                    points.append((name, value, timestamp, at_step))
                 continue
             point = self._first_time_point(key, value, timestamp, at_step)
             if point is not None and not (floor and point[3] <= floor.get(point[0], -1)):
@@ -504,7 +502,7 @@ class MLflowLogger(Logger):
     @override
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        self._last_train_step = None
+        self._expect_last_train_step(None)  # also when the fit failed before on_train_end
         if not self._session.resolved:
             return
         if self._trainer is None and self._driven_by_lightning:
