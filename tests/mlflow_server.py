@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -79,20 +80,34 @@ class ServerStartError(RuntimeError):
 class MlflowServer:
     """A real ``mlflow server`` subprocess that can be stopped and restarted on the same port."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: int,
+        *,
+        backend_store_uri: str | None = None,
+        workers: int = 1,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``extra_args`` go on the command line (e.g. ``["--app-name", "basic-auth"]``); ``env`` is added to
+        the server's environment (e.g. ``MLFLOW_AUTH_CONFIG_PATH``)."""
         self.root = root
         self.port = port
         self.host = "127.0.0.1"
         self.uri = f"http://{self.host}:{port}"
-        self.backend_store_uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
+        self.workers = workers
+        self.extra_args = list(extra_args)
         self.artifacts_dir = root / "artifacts"
         self.log_path = root / "server.log"
         self.startup_seconds: list[float] = []  # wall time of each successful start()
         self._proc: subprocess.Popen[bytes] | None = None
-        env = {k: v for k, v in os.environ.items() if k not in _MLFLOW_ENV_VARS}
+        server_env = {k: v for k, v in os.environ.items() if k not in _MLFLOW_ENV_VARS}
         # The huey job runner (GenAI jobs/trace rollups) spawns ~7 extra processes; we don't need it.
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        self._env = env  # frozen at session start so later monkeypatching can't leak into restarts
+        server_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        server_env.update(env or {})
+        self._env = server_env  # frozen at session start so later monkeypatching can't leak into restarts
 
     @property
     def command(self) -> list[str]:
@@ -103,7 +118,8 @@ class MlflowServer:
             "--artifacts-destination", str(self.artifacts_dir),
             "--host", self.host,
             "--port", str(self.port),
-            "--workers", "1",
+            "--workers", str(self.workers),
+            *self.extra_args,
         ]  # fmt: skip
 
     @property
