@@ -47,6 +47,8 @@ from mlflow_server import (  # noqa: F401  (re-exported: ``from conftest import 
 
 from lightning_mlflow_ext.session import end_open_runs
 
+pytest_plugins = ["team_server_fixtures"]
+
 # --------------------------------------------------------------------------- server (see mlflow_server.py)
 
 
