@@ -47,7 +47,7 @@ from mlflow_server import (  # noqa: F401  (re-exported: ``from conftest import 
 
 from lightning_mlflow_ext.session import end_open_runs
 
-pytest_plugins = ["team_server_fixtures"]
+pytest_plugins = ["team_server_fixtures", "fault_fixtures"]
 
 # --------------------------------------------------------------------------- server (see mlflow_server.py)
 
