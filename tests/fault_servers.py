@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import secrets
 import select
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 from mlflow_server import MlflowServer, _free_port
@@ -94,14 +95,14 @@ class _Eof(ConnectionError):
     """The peer closed the connection in the middle of a message."""
 
 
-def _read_line(src: BinaryIO) -> bytes:
+def _read_line(src: io.BufferedReader) -> bytes:
     line = src.readline(_MAX_LINE + 1)
     if len(line) > _MAX_LINE:
         raise ConnectionError("HTTP line too long")
     return line
 
 
-def _read_head(src: BinaryIO) -> tuple[bytes, list[tuple[str, str]]] | None:
+def _read_head(src: io.BufferedReader) -> tuple[bytes, list[tuple[str, str]]] | None:
     """Read a start line and its header fields; ``None`` when the peer closed cleanly before a new message."""
     line = _read_line(src)
     while line in (b"\r\n", b"\n"):  # tolerate stray CRLFs between messages (RFC 9112 section 2.2)
@@ -134,7 +135,7 @@ def _head_bytes(start: bytes, headers: list[tuple[str, str]]) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
-def _copy_exact(src: BinaryIO, dst: Callable[[bytes], Any], n: int) -> None:
+def _copy_exact(src: io.BufferedReader, dst: Callable[[bytes], Any], n: int) -> None:
     while n > 0:
         data = src.read(min(n, _COPY_CHUNK))
         if not data:
@@ -143,7 +144,7 @@ def _copy_exact(src: BinaryIO, dst: Callable[[bytes], Any], n: int) -> None:
         n -= len(data)
 
 
-def _copy_chunked(src: BinaryIO, dst: Callable[[bytes], Any]) -> None:
+def _copy_chunked(src: io.BufferedReader, dst: Callable[[bytes], Any]) -> None:
     """Relay a chunked body verbatim (sizes, extensions, data and trailers) up to and including its last CRLF."""
     while True:
         line = _read_line(src)
@@ -162,8 +163,8 @@ def _copy_chunked(src: BinaryIO, dst: Callable[[bytes], Any]) -> None:
         _copy_exact(src, dst, size + 2)  # data and its CRLF
 
 
-def _copy_until_eof(src: BinaryIO, dst: Callable[[bytes], Any]) -> None:
-    while data := src.read1(_COPY_CHUNK):  # type: ignore[attr-defined]
+def _copy_until_eof(src: io.BufferedReader, dst: Callable[[bytes], Any]) -> None:
+    while data := src.read1(_COPY_CHUNK):
         dst(data)
 
 
@@ -178,7 +179,7 @@ class _Body(NamedTuple):
     chunked: bool = False
     until_eof: bool = False
 
-    def copy(self, src: BinaryIO, dst: Callable[[bytes], Any]) -> None:
+    def copy(self, src: io.BufferedReader, dst: Callable[[bytes], Any]) -> None:
         if self.chunked:
             _copy_chunked(src, dst)
         elif self.until_eof:
@@ -206,6 +207,30 @@ def _response_body(method: str, status: int, headers: list[tuple[str, str]]) -> 
 def _wants_close(version: bytes, headers: list[tuple[str, str]]) -> bool:
     connection = _tokens(headers, "Connection")
     return "close" in connection or (version.upper() == b"HTTP/1.0" and "keep-alive" not in connection)
+
+
+class _Request(NamedTuple):
+    start: bytes  # the request line, as sent
+    method: str
+    path: str  # without the query string
+    headers: list[tuple[str, str]]
+    body: _Body
+    close: bool  # the client asked to close the connection after this request
+
+
+def _read_request(src: io.BufferedReader) -> _Request | None:
+    head = _read_head(src)
+    if head is None:
+        return None
+    start, headers = head
+    try:
+        method, target, version = start.split(b" ", 2)
+    except ValueError:
+        raise ConnectionError(f"malformed request line {start!r}") from None
+    path = urlsplit(target.decode("latin-1")).path or "/"
+    return _Request(
+        start, method.decode("latin-1"), path, headers, _request_body(headers), _wants_close(version, headers)
+    )
 
 
 # --------------------------------------------------------------------------- fault rules
@@ -270,7 +295,7 @@ class _Upstream:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.rfile: BinaryIO = sock.makefile("rb", buffering=_COPY_CHUNK)
+        self.rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=_COPY_CHUNK))
 
     def stale(self) -> bool:
         """True when the server closed (or wrote to) an idle connection: uvicorn drops idle ones after 5 s."""
@@ -526,7 +551,7 @@ class FaultProxy:
 
     def _serve(self, conn: socket.socket) -> None:
         client: socket.socket = conn
-        rfile: BinaryIO | None = None
+        rfile: io.BufferedReader | None = None
         upstream: _Upstream | None = None
         try:
             if self._tls is not None:
@@ -534,9 +559,9 @@ class FaultProxy:
                 self._track(conn, add=False)  # wrap_socket detached it: the SSL socket owns the descriptor now
                 self._track(client, add=True)
                 client.settimeout(10)  # a client that never finishes its handshake must not pin the thread
-                client.do_handshake()  # type: ignore[attr-defined]
+                client.do_handshake()
                 client.settimeout(None)
-            rfile = client.makefile("rb", buffering=_COPY_CHUNK)
+            rfile = cast(io.BufferedReader, client.makefile("rb", buffering=_COPY_CHUNK))
             while not self._closed.is_set():
                 keep, upstream = self._one_request(client, rfile, upstream)
                 if not keep:
@@ -568,7 +593,8 @@ class FaultProxy:
             reset = self._reset is not None and self._reset.fires(path)
             fail = self._fail is not None and self._fail.fires(path)
             stall = self._stall is not None and self._stall.fires(path)
-            kind, rule = "", None
+            kind = ""
+            rule: _Fail | _Stall | None = None
             if unauthorized:
                 kind = "unauthorized"
             elif reset:
@@ -586,59 +612,91 @@ class FaultProxy:
             self._log.append(Exchange(method, path, status))
 
     def _one_request(
-        self, client: socket.socket, rfile: BinaryIO, upstream: _Upstream | None
+        self, client: socket.socket, rfile: io.BufferedReader, upstream: _Upstream | None
     ) -> tuple[bool, _Upstream | None]:
         """Handle one request on a client connection; return (keep the connection, the upstream connection)."""
-        head = _read_head(rfile)
-        if head is None:
+        req = _read_request(rfile)
+        if req is None:
             return False, upstream
-        start, headers = head
-        try:
-            method_b, target_b, version = start.split(b" ", 2)
-        except ValueError:
-            raise ConnectionError(f"malformed request line {start!r}") from None
-        method, path = method_b.decode("latin-1"), urlsplit(target_b.decode("latin-1")).path or "/"
-        body = _request_body(headers)
-        client_close = _wants_close(version, headers)
-        if "100-continue" in _tokens(headers, "Expect"):
-            headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+        if "100-continue" in _tokens(req.headers, "Expect"):
+            req = req._replace(headers=[(k, v) for k, v in req.headers if k.lower() != "expect"])
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-        kind, latency, rule = self._decide(method, path)
+        kind, latency, rule = self._decide(req.method, req.path)
         if latency and self._closed.wait(latency):
             return False, upstream
+        if kind in ("reset", "unauthorized", "fail"):
+            req.body.copy(rfile, _discard)  # read the request whole, so the connection stays in step
+            return self._answer_fault(client, req, kind, rule), upstream
+        return self._forward(client, rfile, req, upstream, rule if isinstance(rule, _Stall) else None)
 
+    def _answer_fault(self, client: socket.socket, req: _Request, kind: str, rule: _Fail | _Stall | None) -> bool:
+        """Answer (or reset) a request the upstream never sees; return whether the connection stays open."""
         if kind == "reset":
-            body.copy(rfile, _discard)
-            self._record(method, path, None)
+            self._record(req.method, req.path, None)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            return False, upstream  # closing with SO_LINGER 0 sends RST
+            return False  # closing with SO_LINGER 0 sends RST
         if kind == "unauthorized":
-            body.copy(rfile, _discard)
-            self._record(method, path, 401)
+            status, code, extra = 401, "UNAUTHENTICATED", [("WWW-Authenticate", 'Basic realm="mlflow"')]
             message = "Credentials were rejected (injected by FaultProxy.unauthorized_after)."
-            challenge = [("WWW-Authenticate", 'Basic realm="mlflow"')]
-            client.sendall(_error_response(401, "UNAUTHENTICATED", message, client_close, challenge))
-            return not client_close, upstream
-        if kind == "fail":
+        else:
             assert isinstance(rule, _Fail)
-            body.copy(rfile, _discard)
-            self._record(method, path, rule.status)
+            status, code = rule.status, rule.error_code or _ERROR_CODES.get(rule.status, "TEMPORARILY_UNAVAILABLE")
             extra = [] if rule.retry_after is None else [("Retry-After", str(int(rule.retry_after)))]
-            code = rule.error_code or _ERROR_CODES.get(rule.status, "TEMPORARILY_UNAVAILABLE")
-            message = f"Injected failure {rule.status} for {method} {path} (FaultProxy.fail_every)."
-            client.sendall(_error_response(rule.status, code, message, client_close, extra))
-            return not client_close, upstream
+            message = f"Injected failure {status} for {req.method} {req.path} (FaultProxy.fail_every)."
+        self._record(req.method, req.path, status)
+        client.sendall(_error_response(status, code, message, req.close, extra))
+        return not req.close
 
-        # Forward. Small bodies are buffered so that a keep-alive upstream connection found dead can be retried.
+    def _forward(
+        self,
+        client: socket.socket,
+        rfile: io.BufferedReader,
+        req: _Request,
+        upstream: _Upstream | None,
+        stall: _Stall | None,
+    ) -> tuple[bool, _Upstream | None]:
+        """Send the request upstream and relay the answer, held for ``stall.seconds`` first when given."""
+        upstream, response = self._send_upstream(rfile, req, upstream)
+        if upstream is None or response is None:  # the upstream is down: answer as a reverse proxy would
+            self._record(req.method, req.path, 502)
+            message = f"FaultProxy could not reach {self.upstream}."
+            client.sendall(_error_response(502, "TEMPORARILY_UNAVAILABLE", message, req.close))
+            return not req.close, None
+        status_line, headers = response
+        status = int(status_line.split(b" ", 2)[1])
+        while 100 <= status < 200 and status != 101:  # interim responses: relay them and read the final one
+            client.sendall(_head_bytes(status_line, headers))
+            if (response := _read_head(upstream.rfile)) is None:
+                raise _Eof("upstream closed the connection after an interim response")
+            status_line, headers = response
+            status = int(status_line.split(b" ", 2)[1])
+        body = _response_body(req.method, status, headers)
+        upstream_close = body.until_eof or _wants_close(status_line.split(b" ", 1)[0], headers)
+        self._record(req.method, req.path, status)
+        if stall is not None and self._closed.wait(stall.seconds):
+            return False, upstream
+        client.sendall(_head_bytes(status_line, headers))
+        body.copy(upstream.rfile, client.sendall)
+        if upstream_close:
+            self._close_upstream(upstream)
+            return False, None  # the client reads until close, or was told the connection closes
+        return not req.close, upstream
+
+    def _send_upstream(
+        self, rfile: io.BufferedReader, req: _Request, upstream: _Upstream | None
+    ) -> tuple[_Upstream | None, tuple[bytes, list[tuple[str, str]]] | None]:
+        """Send the request and read the answer's head; ``(None, None)`` when the upstream refuses connections.
+
+        Bodies up to 1 MiB are buffered so that a keep-alive upstream connection found dead can be retried once
+        on a new one; larger ones are streamed from the client straight to the upstream.
+        """
         host, port = self._upstream_addr
-        out_headers = [(k, v) for k, v in headers if k.lower() != "host"]
-        out_headers.insert(0, ("Host", f"{host}:{port}"))
-        request_head = _head_bytes(start, out_headers)
+        headers = [("Host", f"{host}:{port}"), *((k, v) for k, v in req.headers if k.lower() != "host")]
+        head = _head_bytes(req.start, headers)
         buffered: bytes | None = None
-        if not body.chunked and body.length <= _RETRYABLE_BODY:
+        if not req.body.chunked and req.body.length <= _RETRYABLE_BODY:
             chunks: list[bytes] = []
-            body.copy(rfile, chunks.append)
+            req.body.copy(rfile, chunks.append)
             buffered = b"".join(chunks)
         for attempt in (1, 2):
             if upstream is not None and (attempt == 2 or upstream.stale()):
@@ -652,43 +710,20 @@ class FaultProxy:
                     if self._closed.is_set():
                         raise
                     if buffered is None:
-                        body.copy(rfile, _discard)
-                    self._record(method, path, 502)  # as a reverse proxy in front of a stopped server answers
-                    message = f"FaultProxy could not reach {self.upstream}."
-                    client.sendall(_error_response(502, "TEMPORARILY_UNAVAILABLE", message, client_close))
-                    return not client_close, None
+                        req.body.copy(rfile, _discard)
+                    return None, None
             try:
-                upstream.sock.sendall(request_head if buffered is None else request_head + buffered)
+                upstream.sock.sendall(head if buffered is None else head + buffered)
                 if buffered is None:
-                    body.copy(rfile, upstream.sock.sendall)
-                response = _read_head(upstream.rfile)
-                if response is None:
+                    req.body.copy(rfile, upstream.sock.sendall)
+                if (response := _read_head(upstream.rfile)) is None:
                     raise _Eof("upstream closed the connection before answering")
-                break
+                return upstream, response
             except OSError:
                 if attempt == 2 or fresh or buffered is None:
-                    self._record(method, path, None)
+                    self._record(req.method, req.path, None)
                     raise
-        status_line, response_headers = response
-        status = int(status_line.split(b" ", 2)[1])
-        while 100 <= status < 200 and status != 101:  # interim responses: relay and read the final one
-            client.sendall(_head_bytes(status_line, response_headers))
-            next_response = _read_head(upstream.rfile)
-            if next_response is None:
-                raise _Eof("upstream closed the connection after an interim response")
-            status_line, response_headers = next_response
-            status = int(status_line.split(b" ", 2)[1])
-        response_body = _response_body(method, status, response_headers)
-        upstream_close = response_body.until_eof or _wants_close(status_line.split(b" ", 1)[0], response_headers)
-        self._record(method, path, status)
-        if kind == "stall" and isinstance(rule, _Stall) and self._closed.wait(rule.seconds):
-            return False, upstream
-        client.sendall(_head_bytes(status_line, response_headers))
-        response_body.copy(upstream.rfile, client.sendall)
-        if upstream_close:
-            self._close_upstream(upstream)
-            return False, None  # the client reads until close, or was told the connection closes
-        return not client_close, upstream
+        raise AssertionError("unreachable")
 
     def _connect_upstream(self) -> _Upstream:
         sock = socket.create_connection(self._upstream_addr, timeout=10)
