@@ -32,6 +32,8 @@ from lightning_mlflow_ext.coexist import mute_mlflow_autolog_metrics
 from lightning_mlflow_ext.errors import LightningMLflowError
 from lightning_mlflow_ext.keys import (
     NameMapper,
+    Redactor,
+    RedactPatterns,
     redact_secrets,
     render_hparams,
     render_value,
@@ -114,6 +116,10 @@ class MLflowLogger(Logger):
             resumed from their own checkpoint). ``True``: the run, whoever opened it (the last step of a
             pipeline). ``False``: nobody, it stays RUNNING for the next step (the first step of a pipeline).
             A failure ends the run FAILED (KILLED on Ctrl-C / SIGTERM) either way, except a user's own active run.
+        redact: your own patterns for hyperparameter and tag keys whose values are recorded as ``[redacted]``,
+            on top of the built-in ones (password, token, api_key, ...): words matched as whole segments of
+            the key (``"wandb_key"``) or regular expressions (``r"^internal/"``); see ``keys.Redactor``.
+            A pattern that cannot work raises ValueError here, before any run is touched.
 
     Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a
     checkpoint being resumed (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
@@ -141,10 +147,12 @@ class MLflowLogger(Logger):
         log_best_model: bool = False,
         registered_model_name: str | None = None,
         end_run: bool | None = None,
+        redact: RedactPatterns | None = None,
     ) -> None:
         super().__init__()
         if log_model not in (True, False, "all"):
             raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
+        self._redactor = Redactor.of(redact)
         uri = resolve_tracking_uri(tracking_uri)
         self._tag_names = NameMapper()
         run_tags = redact_secrets(
@@ -153,7 +161,8 @@ class MLflowLogger(Logger):
                     strip_url_credentials(render_value(value)), MAX_TAG_VALUE
                 )[0]
                 for key, value in (tags or {}).items()
-            }
+            },
+            self._redactor,
         )
         self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or os.getcwd())
         self._session = RunSession(
@@ -358,7 +367,7 @@ class MLflowLogger(Logger):
     @override
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace | Any, *args: Any, **kwargs: Any) -> None:
-        rendered = render_hparams(params)
+        rendered = render_hparams(params, self._redactor)
         if not rendered:
             return
         logged = self._session.logged_params()
