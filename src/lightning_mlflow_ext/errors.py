@@ -32,3 +32,11 @@ class WriteRefusedError(LightningMLflowError):
 
 class InvalidArtifactPathError(LightningMLflowError, ValueError):
     """An artifact name that is absolute, climbs out with ``..``, or has characters MLflow can't store."""
+
+
+class JournalCorruptError(LightningMLflowError):
+    """A journal file whose first line is not a journal header: there is no telling which run it belongs to."""
+
+
+class JournalInUseError(LightningMLflowError):
+    """A live process holds the journal file; ``lightning-mlflow sync`` must wait until it exits."""
