@@ -93,7 +93,7 @@ def _fit_into_an_outage(server, experiment_name, tmp_path, caplog) -> tuple[MLfl
     assert not server.running
     journal = journal_path(logger.save_dir, logger.run_id)
     assert journal.exists(), "undelivered points must be kept on disk"
-    message = next(r.getMessage() for r in caplog.records if "not delivered yet" in r.getMessage())
+    message = next(r.getMessage() for r in caplog.records if "not delivered" in r.getMessage())
     assert f"lightning-mlflow sync {journal}" in message
     return logger, journal
 

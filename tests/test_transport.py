@@ -16,7 +16,8 @@ import pytest
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
-from lightning_mlflow_ext.transport import LOG_BATCH, DeliveryError, Endpoint, HttpTransport
+from lightning_mlflow_ext.faults import DeliveryError
+from lightning_mlflow_ext.transport import LOG_BATCH, Endpoint, HttpTransport
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -132,7 +133,7 @@ def test_behind_a_proxy_a_file_goes_through_mlflows_client_whole(recorder, monke
     local = tmp_path / "w.ckpt"
     local.write_bytes(payload)
 
-    status, _ = Endpoint("http://tracking.invalid:5000/api/2.0/mlflow-artifacts/artifacts/1/r1/artifacts").put_file(
+    status, _, _ = Endpoint("http://tracking.invalid:5000/api/2.0/mlflow-artifacts/artifacts/1/r1/artifacts").put_file(
         "/ck/w.ckpt", local, "application/octet-stream", 10
     )
 

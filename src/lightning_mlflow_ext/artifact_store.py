@@ -55,9 +55,9 @@ class RunArtifacts:
         artifact_path = posixpath.join(artifact_dir, local.name) if artifact_dir else local.name
         endpoint = "/" + urllib.parse.quote(artifact_path, safe="/")
         content_type = _guess_mime_type(local.name)  # type: ignore[no-untyped-call]
-        status, text = self._endpoint.put_file(endpoint, local, content_type, UPLOAD_TIMEOUT_S)
-        if status != 200:
-            raise MlflowException(f"HTTP {status} storing artifact {artifact_path}: {text[:500]}")
+        answer = self._endpoint.put_file(endpoint, local, content_type, UPLOAD_TIMEOUT_S)
+        if answer.status != 200:
+            raise MlflowException(f"HTTP {answer.status} storing artifact {artifact_path}: {answer.text[:500]}")
 
     def delete(self, artifact_path: str) -> None:
         """Remove an artifact; NotImplementedError or AttributeError where the store cannot."""

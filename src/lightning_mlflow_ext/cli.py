@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from mlflow import MlflowClient
 
 from lightning_mlflow_ext import __version__
+from lightning_mlflow_ext.errors import JournalCorruptError, JournalInUseError
 from lightning_mlflow_ext.journal import Journal, find_journals
 from lightning_mlflow_ext.tracking import resolve_tracking_uri
 from lightning_mlflow_ext.transport import make_transport
@@ -44,7 +45,14 @@ def _sync(args: argparse.Namespace) -> int:
         return 0
     failed = 0
     for path in journals:
-        journal = Journal.open_existing(path)
+        try:
+            journal = Journal.open_existing(path)
+        except FileNotFoundError:
+            continue  # delivered (and removed) by another process since it was found
+        except (JournalInUseError, JournalCorruptError) as exc:
+            failed += 1
+            print(f"lightning-mlflow sync: {exc}", file=sys.stderr)
+            continue
         uri = resolve_tracking_uri(args.tracking_uri or journal.header.tracking_uri)
         points = journal.pending_points()
         writer = RunWriter(make_transport(uri, MlflowClient(uri)), journal.header.run_id, journal)
@@ -52,14 +60,14 @@ def _sync(args: argparse.Namespace) -> int:
         if report.pending:
             writer.park()
             failed += 1
-            print(
-                f"run {journal.header.run_id}: {report.pending} of {points} points still pending ({uri} did "
-                f"not take them within {args.timeout:.0f} s); they stay in {path}"
-            )
+            why = report.halted or f"{uri} did not take them within {args.timeout:.0f} s"
+            run_id = journal.header.run_id
+            print(f"run {run_id}: {report.pending} of {points} points still pending ({why}); they stay in {path}")
         else:
             print(f"run {journal.header.run_id}: delivered {points - report.rejected} points to {uri}")
         for error in report.errors:
             print(f"  refused: {error}")
+        journal.close()
     return 1 if failed else 0
 
 

@@ -34,6 +34,14 @@ class InvalidArtifactPathError(LightningMLflowError, ValueError):
     """An artifact name that is absolute, climbs out with ``..``, or has characters MLflow can't store."""
 
 
+class CredentialsRefusedError(LightningMLflowError):
+    """The tracking server refused the credentials (HTTP 401/403); the message names the variables to set."""
+
+
+class UntrustedCertificateError(LightningMLflowError):
+    """The tracking server's TLS certificate is not trusted; the message says how to trust it."""
+
+
 class JournalCorruptError(LightningMLflowError):
     """A journal file whose first line is not a journal header: there is no telling which run it belongs to."""
 

@@ -43,7 +43,7 @@ from lightning_mlflow_ext.keys import (
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
 from lightning_mlflow_ext.models import BEST_ALIAS, log_best_model
-from lightning_mlflow_ext.session import TAG_PREFIX, FinalStatus, RunSession
+from lightning_mlflow_ext.session import PARK_RESERVE_S, TAG_PREFIX, FinalStatus, RunSession
 from lightning_mlflow_ext.summaries import trainer_callbacks
 from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.writer import TAIL_POINTS, MetricPoint
@@ -543,18 +543,12 @@ class MLflowLogger(Logger):
         self._finish_checkpoints(final)
         if final == "FINISHED" and self._log_best_model:
             self._record_best_model()
-        self._wait_for_uploads()
-        report = self._session.end(final)
-        if report.pending:
-            log.warning(
-                "MLflow run %s: %d points are not delivered yet (the tracking store did not take them within "
-                "%.0f s). They are kept in %s. Deliver them with: lightning-mlflow sync %s",
-                self._session.run_id,
-                report.pending,
-                self._session.flush_timeout,
-                report.journal,
-                report.journal,
-            )
+        deadline = time.monotonic() + self._session.flush_timeout  # the end of a stage waits this long at most
+        self._wait_for_uploads(deadline)
+        report = self._session.end(final, max(deadline - time.monotonic(), PARK_RESERVE_S))
+        message = report.undelivered_message(self._session.run_id)
+        if message:
+            log.warning(message)
         if report.rejected:
             log.warning(
                 "MLflow run %s: the store refused %d writes: %s",
@@ -613,10 +607,11 @@ class MLflowLogger(Logger):
             tags[TAG_PREFIX + "registered_model"] = f"{self._registered_model_name}@{BEST_ALIAS}"
         self._session.set_tags(tags)
 
-    def _wait_for_uploads(self) -> None:
+    def _wait_for_uploads(self, deadline: float) -> None:
         if not self._session.has_uploader:
             return
-        report = self._session.uploader.flush(self._session.flush_timeout)
+        # Uploads get most of the wait, never all of it: the run's final status must still be sent.
+        report = self._session.uploader.flush(max((deadline - time.monotonic()) * 0.8, 0.0))
         if report.failed or report.pending:
             log.warning(
                 "MLflow run %s: %d uploads failed and %d are still running: %s",

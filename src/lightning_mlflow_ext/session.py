@@ -37,7 +37,7 @@ from lightning_mlflow_ext.journal import Header, Journal, journal_path
 from lightning_mlflow_ext.lineage.dataset import log_datasets
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.lineage.git import code_diff, code_state, untracked_files
-from lightning_mlflow_ext.tracking import probe_server
+from lightning_mlflow_ext.tracking import probe_server, refusals_explained
 from lightning_mlflow_ext.transport import MetricPoint, make_transport
 from lightning_mlflow_ext.writer import DeliveryReport, RunWriter
 
@@ -57,6 +57,9 @@ HEARTBEAT_INTERVAL = 60.0
 HEARTBEAT_STALE_AFTER = 5 * HEARTBEAT_INTERVAL
 #: The heartbeat of a run a process left RUNNING on purpose, for the next step of a pipeline.
 RELEASED = "released"
+
+#: Of the end-of-run wait, what is kept for putting undelivered writes in the journal.
+PARK_RESERVE_S = 1.0
 
 FinalStatus = Literal["FINISHED", "FAILED", "KILLED"]
 Origin = Literal["created", "run_id", "active_run", "env_run_id", "checkpoint"]
@@ -246,6 +249,11 @@ class RunSession:
             if self._run_id is not None:
                 return
             probe_server(self.tracking_uri, self._server_wait)
+            with refusals_explained(self.tracking_uri):
+                self._resolve_checked()
+
+    def _resolve_checked(self) -> None:
+        with self._lock:
             run, origin = self._find_run()
             if not self._may_create():
                 if run is None:
@@ -482,8 +490,7 @@ class RunSession:
         path = journal_path(self.save_dir, run_id)
         if path.exists():
             log.info("Replaying undelivered writes of MLflow run %s from %s", run_id, path)
-            return Journal.open_existing(path)
-        return Journal(path, Header(run_id=run_id, tracking_uri=self.tracking_uri))
+        return Journal.for_run(path, Header(run_id=run_id, tracking_uri=self.tracking_uri))
 
     def ensure_running(self) -> None:
         """Mark an owned run RUNNING again before new work lands in it (``fit`` then ``test``)."""
@@ -570,11 +577,14 @@ class RunSession:
             _open_sessions.discard(self)
         report = DeliveryReport()
         if self._writer is not None:
+            # The whole end waits at most the timeout: the flush, then parking what is left in the journal.
             wait = self._flush_timeout if timeout is None else timeout
-            report = self._writer.flush(wait, unless_unreachable=at_exit)
-        if report.pending and self._writer is not None:
-            parked = self._writer.park()
-            report.pending, report.journal = parked.pending, parked.journal
+            deadline = time.monotonic() + wait
+            report = self._writer.flush(max(wait - PARK_RESERVE_S, 0.0), unless_unreachable=at_exit)
+            if report.pending:
+                parked = self._writer.park(max(deadline - time.monotonic(), 0.1))
+                report.pending, report.journal, report.lost = parked.pending, parked.journal, parked.lost
+                report.halted = report.halted or parked.halted
         return report
 
     def resume_from_checkpoint(self, run_id: str) -> None:
@@ -601,8 +611,7 @@ class RunSession:
         assert fresh is not None
         if self._writer is not None:
             self._writer.flush(self._flush_timeout)
-            self._writer.park()
-            journal_path(self.save_dir, fresh).unlink(missing_ok=True)
+            self._writer.discard()
         if self._uploader is not None:
             self._uploader.flush(self._flush_timeout)
         self.client.set_terminated(fresh, "KILLED")  # in the trash, it must not look like a live run
@@ -661,13 +670,9 @@ def end_open_runs(status: FinalStatus) -> None:
     """End every run still open because of a session of this process (at exit)."""
     for session in list(_open_sessions):
         try:
-            report = session.end(status, timeout=30, at_exit=True)
-            if report.pending:
-                log.warning(
-                    "MLflow run %s: %d points are not delivered; deliver them with: lightning-mlflow sync %s",
-                    session._run_id,
-                    report.pending,
-                    report.journal,
-                )
+            report = session.end(status, timeout=min(30.0, session.flush_timeout), at_exit=True)
+            message = report.undelivered_message(session._run_id or "")
+            if message:
+                log.warning(message)
         except Exception as exc:  # at exit, report and carry on with the next run
             log.warning("Could not end MLflow run %s at exit: %s", session._run_id, exc)

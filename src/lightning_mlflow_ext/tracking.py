@@ -5,14 +5,23 @@ Reads MLflow's global configuration but never changes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import mlflow
-import requests
+from mlflow.exceptions import MlflowException
 
-from lightning_mlflow_ext.errors import TrackingServerUnavailableError
+from lightning_mlflow_ext.errors import (
+    CredentialsRefusedError,
+    LightningMLflowError,
+    TrackingServerUnavailableError,
+    UntrustedCertificateError,
+)
+from lightning_mlflow_ext.faults import TLS_ADVICE, DeliveryError, Fault, classify_exception, classify_response
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
@@ -47,20 +56,32 @@ def is_http(tracking_uri: str) -> bool:
 def probe_server(tracking_uri: str, wait: float) -> None:
     """Return once an HTTP tracking server answers; raise after ``wait`` seconds of silence.
 
-    MLflow's own client retries for minutes with the server down; this check fails in bounded time.
+    The check goes out with MLflow's own host credentials and TLS settings (CA bundle, insecure TLS, client
+    certificate, auth), as every later request does. MLflow's client retries for minutes with the server down;
+    this fails in bounded time, and at once when waiting cannot help (an untrusted certificate, refused
+    credentials).
     """
     if not is_http(tracking_uri):
         return
+    from lightning_mlflow_ext.transport import Endpoint  # transport imports this module
+
+    endpoint = Endpoint(tracking_uri)
     deadline = time.monotonic() + max(wait, 0.0)
-    url = tracking_uri.rstrip("/") + "/health"
     delay = 0.25
     while True:
         try:
-            response = requests.get(url, timeout=min(5.0, max(wait, 0.5)))
-            if response.status_code < 500:
+            answer = endpoint.request("GET", "/health", None, min(5.0, max(wait, 0.5)))
+            if answer.status < 500 and answer.status != 429:
+                if answer.status in (401, 403):
+                    raise_refused(tracking_uri, classify_response(tracking_uri, answer.status, answer.text))
                 return
-            problem = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
+            problem = f"HTTP {answer.status}"
+        except LightningMLflowError:
+            raise
+        except Exception as exc:
+            fault = classify_exception(tracking_uri, exc)
+            if fault.fault is Fault.RUN_WIDE and fault.advice is TLS_ADVICE:
+                raise UntrustedCertificateError(f"Cannot connect to {fault}: {fault.advice}.") from None
             problem = f"{type(exc).__name__}: {exc}"
         if time.monotonic() + delay > deadline:
             raise TrackingServerUnavailableError(
@@ -70,3 +91,26 @@ def probe_server(tracking_uri: str, wait: float) -> None:
             )
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+def raise_refused(tracking_uri: str, fault: DeliveryError) -> NoReturn:
+    """Raise the error a user sees when the server refuses the credentials: what to set, never a value."""
+    raise CredentialsRefusedError(
+        f"The MLflow tracking server at {tracking_uri} refused the credentials (HTTP {fault.status}): "
+        f"{fault.advice}. Nothing was trained or logged."
+    ) from None
+
+
+@contextlib.contextmanager
+def refusals_explained(tracking_uri: str) -> Iterator[None]:
+    """Inside: an MLflow call refused for credentials or an untrusted certificate raises this package's error
+    that says what to set, instead of MLflow's raw HTTP error."""
+    try:
+        yield
+    except MlflowException as exc:
+        fault = classify_exception(tracking_uri, exc)
+        if fault.fault is Fault.RUN_WIDE and fault.status in (401, 403):
+            raise_refused(tracking_uri, fault)
+        if fault.fault is Fault.RUN_WIDE and fault.advice is TLS_ADVICE:
+            raise UntrustedCertificateError(f"Cannot connect to {fault}: {fault.advice}.") from None
+        raise

@@ -11,6 +11,7 @@ import http.client
 import json
 import math
 import os
+import socket
 import ssl
 import threading
 import time
@@ -18,39 +19,34 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking.request_header.registry import resolve_request_headers
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
+from lightning_mlflow_ext.faults import classify_exception, classify_response
 from lightning_mlflow_ext.tracking import is_http
 
 #: A metric point: (key, value, timestamp in ms, step).
 MetricPoint = tuple[str, float, int, int]
 KeyValue = tuple[str, str]
 
+
+class Answer(NamedTuple):
+    """A server's answer: status, body text, and the headers a fault is judged by (``Retry-After``)."""
+
+    status: int
+    text: str
+    headers: Mapping[str, str]
+
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 UPDATE_RUN = "/api/2.0/mlflow/runs/update"
-#: MLflow error codes that say the request itself is wrong; sending it again cannot help.
-PERMANENT_CODES = frozenset(
-    {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "PERMISSION_DENIED"}
-)
-
-
-class DeliveryError(Exception):
-    """A batch did not reach the store."""
-
-    def __init__(self, message: str, *, transient: bool) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
 class Transport(Protocol):
+    tracking_uri: str
+
     def log_batch(
         self,
         run_id: str,
@@ -60,6 +56,12 @@ class Transport(Protocol):
     ) -> None: ...
 
     def set_status(self, run_id: str, status: str, end_time: int | None) -> None: ...
+
+    def refresh_credentials(self) -> None:
+        """Read the credentials again on the next request (they were refused: a token may have been renewed)."""
+
+    def abort(self) -> None:
+        """Make a request in flight on another thread fail now (the run is ending and cannot wait for it)."""
 
 
 def _json_value(value: float) -> str:
@@ -91,6 +93,20 @@ class _MetricsJson:
                 encoded = keys[key] = json.dumps(key)
             parts.append(f'{{"key":{encoded},"value":{_json_value(value)},"timestamp":{int(ts)},"step":{int(step)}}}')
         return "[" + ",".join(parts) + "]"
+
+
+#: Seconds one request may take before it counts as failed (and is retried), unless MLflow's own
+#: ``MLFLOW_HTTP_REQUEST_TIMEOUT`` asks for less.
+REQUEST_TIMEOUT_S = 30.0
+
+
+def request_timeout() -> float:
+    """This package's request timeout: REQUEST_TIMEOUT_S, or MLflow's ``MLFLOW_HTTP_REQUEST_TIMEOUT`` if lower."""
+    try:
+        configured = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", REQUEST_TIMEOUT_S))
+    except ValueError:
+        return REQUEST_TIMEOUT_S
+    return min(configured, REQUEST_TIMEOUT_S) if configured > 0 else REQUEST_TIMEOUT_S
 
 
 #: How long resolved credentials and request headers are reused before they are read again.
@@ -160,10 +176,12 @@ class _Connection:
                 self._context.load_cert_chain(creds.client_cert_path)
         self._conn: http.client.HTTPConnection | None = None
 
-    def post(self, endpoint: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, str]:
-        return self._exchange("POST", endpoint, body, headers, timeout)
+    def request(
+        self, method: str, endpoint: str, body: bytes | None, headers: Mapping[str, str], timeout: float
+    ) -> Answer:
+        return self._exchange(method, endpoint, body, headers, timeout)
 
-    def put_file(self, endpoint: str, path: Path, headers: Mapping[str, str], timeout: float) -> tuple[int, str]:
+    def put_file(self, endpoint: str, path: Path, headers: Mapping[str, str], timeout: float) -> Answer:
         """PUT a file's bytes. Over plain HTTP the kernel sends them (``sendfile``): no copy through Python,
         and the GIL is free while they go."""
         return self._exchange("PUT", endpoint, path, headers, timeout)
@@ -177,8 +195,8 @@ class _Connection:
         return self._conn
 
     def _exchange(
-        self, method: str, endpoint: str, body: bytes | Path, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, str]:
+        self, method: str, endpoint: str, body: bytes | Path | None, headers: Mapping[str, str], timeout: float
+    ) -> Answer:
         for attempt in (1, 2):
             conn = self._connect(timeout)
             try:
@@ -198,13 +216,21 @@ class _Connection:
                 raise
             if response.will_close:
                 self.close()
-            return response.status, text
+            return Answer(response.status, text, dict(response.getheaders()))
         raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def abort(self) -> None:
+        """From another thread: shut the socket down so a blocked send or receive fails at once."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _proxied(url: str) -> bool:
@@ -246,13 +272,29 @@ class Endpoint:
                 self._resolved_at = time.monotonic()
             return self._creds, self._headers, self._connection
 
-    def post(self, endpoint: str, body: str, timeout: float) -> tuple[int, str]:
+    def refresh(self) -> None:
+        """Resolve credentials, headers and TLS settings again before the next request."""
+        with self._lock:
+            self._resolved_at = -math.inf
+
+    def abort(self) -> None:
+        """Make a request in flight on another thread fail at once (``http_request`` cannot be interrupted)."""
+        connection = self._connection
+        if connection is not None:
+            connection.abort()
+
+    def request(self, method: str, endpoint: str, body: str | None, timeout: float) -> Answer:
+        """One attempt, no hidden retries: ``method`` on ``endpoint`` with a JSON ``body`` (or none)."""
         creds, headers, connection = self._current()
         if headers is None or connection is None:
-            return _through_mlflow(creds, "POST", endpoint, body, "application/json", timeout)
-        return connection.post(endpoint, body.encode(), {**headers, "Content-Type": "application/json"}, timeout)
+            return _through_mlflow(creds, method, endpoint, body, "application/json", timeout)
+        data = None if body is None else body.encode()
+        return connection.request(method, endpoint, data, {**headers, "Content-Type": "application/json"}, timeout)
 
-    def put_file(self, endpoint: str, path: Path, content_type: str, timeout: float) -> tuple[int, str]:
+    def post(self, endpoint: str, body: str, timeout: float) -> Answer:
+        return self.request("POST", endpoint, body, timeout)
+
+    def put_file(self, endpoint: str, path: Path, content_type: str, timeout: float) -> Answer:
         creds, headers, connection = self._current()
         if headers is None or connection is None:
             with open(path, "rb") as handle:
@@ -262,7 +304,7 @@ class Endpoint:
 
 def _through_mlflow(
     creds: MlflowHostCreds, method: str, endpoint: str, data: Any, content_type: str, timeout: float
-) -> tuple[int, str]:
+) -> Answer:
     """One attempt through MLflow's own ``http_request``: for credentials and proxies only it can handle."""
     response = http_request(  # type: ignore[no-untyped-call]
         creds,
@@ -274,15 +316,15 @@ def _through_mlflow(
         data=data,
         extra_headers={"Content-Type": content_type},
     )
-    return int(response.status_code), str(response.text)
+    return Answer(int(response.status_code), str(response.text), dict(response.headers))
 
 
 class HttpTransport:
     """Talks to an MLflow server's REST API with one attempt per call and a bounded timeout."""
 
-    def __init__(self, tracking_uri: str, timeout: float = 30.0) -> None:
-        self._tracking_uri = tracking_uri
-        self._timeout = timeout
+    def __init__(self, tracking_uri: str, timeout: float | None = None) -> None:
+        self.tracking_uri = self._tracking_uri = tracking_uri
+        self._timeout = request_timeout() if timeout is None else timeout
         self._endpoint = Endpoint(tracking_uri)
         self._metrics_json = _MetricsJson()
 
@@ -291,19 +333,17 @@ class HttpTransport:
         if metrics_json is not None:  # spliced in as written: it is the bulk of the request
             text_body = text_body[:-1] + ', "metrics": ' + metrics_json + "}"
         try:
-            status, text = self._endpoint.post(endpoint, text_body, self._timeout)
-        except (MlflowException, requests.RequestException, http.client.HTTPException, OSError) as exc:
-            raise DeliveryError(f"{self._tracking_uri} unreachable: {exc}", transient=True) from exc
-        if status == 200:
-            return
-        detail = text[:500]
-        code = ""
-        with contextlib.suppress(ValueError, AttributeError):
-            code = str(json.loads(text).get("error_code", ""))
-        transient = status == 429 or status >= 500
-        if code in PERMANENT_CODES:
-            transient = False
-        raise DeliveryError(f"HTTP {status} from {self._tracking_uri}: {detail}", transient=transient)
+            answer = self._endpoint.post(endpoint, text_body, self._timeout)
+        except Exception as exc:
+            raise classify_exception(self._tracking_uri, exc) from exc
+        if answer.status != 200:
+            raise classify_response(self._tracking_uri, answer.status, answer.text, answer.headers)
+
+    def refresh_credentials(self) -> None:
+        self._endpoint.refresh()
+
+    def abort(self) -> None:
+        self._endpoint.abort()
 
     def log_batch(
         self,
@@ -331,6 +371,7 @@ class ClientTransport:
 
     def __init__(self, client: MlflowClient) -> None:
         self._client = client
+        self.tracking_uri = self._tracking_uri = str(client.tracking_uri)
 
     def log_batch(
         self,
@@ -348,7 +389,7 @@ class ClientTransport:
                 synchronous=True,
             )
         except Exception as exc:
-            raise _classify(exc) from exc
+            raise classify_exception(self._tracking_uri, exc) from exc
 
     def set_status(self, run_id: str, status: str, end_time: int | None) -> None:
         try:
@@ -357,14 +398,13 @@ class ClientTransport:
             else:
                 self._client.set_terminated(run_id, status=status, end_time=end_time)
         except Exception as exc:
-            raise _classify(exc) from exc
+            raise classify_exception(self._tracking_uri, exc) from exc
 
+    def refresh_credentials(self) -> None:
+        """MlflowClient reads the credentials on every request."""
 
-def _classify(exc: Exception) -> DeliveryError:
-    if isinstance(exc, MlflowException) and exc.error_code in PERMANENT_CODES:
-        return DeliveryError(str(exc), transient=False)
-    # A locked SQLite file, a dropped connection, a full disk that gets space back: worth another try.
-    return DeliveryError(f"{type(exc).__name__}: {exc}", transient=True)
+    def abort(self) -> None:
+        """A local store's call cannot be interrupted; it does not wait on a network."""
 
 
 def make_transport(tracking_uri: str, client: MlflowClient) -> Transport:

@@ -7,6 +7,7 @@ what it cannot deliver in the run's on-disk journal.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -17,8 +18,9 @@ from typing import TypeVar
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 from lightning_mlflow_ext.errors import WriteRefusedError
+from lightning_mlflow_ext.faults import DeliveryError, Fault, classify_exception
 from lightning_mlflow_ext.journal import Journal, Record
-from lightning_mlflow_ext.transport import DeliveryError, KeyValue, MetricPoint, Transport
+from lightning_mlflow_ext.transport import KeyValue, MetricPoint, Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,14 +38,38 @@ TAIL_MIN_BATCH = 50
 TAIL_POINTS = MAX_METRICS_PER_BATCH
 
 
+#: How often a run whose delivery stopped for a run-wide fault (refused credentials, a deleted run) is tried
+#: again, with the credentials read anew: a renewed token or password resumes delivery without a restart.
+HALTED_RETRY_S = 30.0
+
+
 @dataclass
 class DeliveryReport:
-    """What is not in the store yet: refused writes (and why), and writes still pending delivery."""
+    """What is not in the store yet: refused writes (and why), writes still pending delivery, where they are
+    kept, and why delivery stopped (a run-wide fault or a bug), if it did."""
 
     rejected: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
+    #: The journal file holding undelivered writes; set only when that file exists.
     journal: str | None = None
+    #: Why delivery stopped and what to do, when a run-wide fault or a bug stopped it.
+    halted: str | None = None
+    #: Points that could be neither delivered nor written to the journal (an unwritable save_dir).
+    lost: int = 0
+
+    def undelivered_message(self, run_id: str) -> str | None:
+        """One message for what did not reach the store, naming the journal only when it exists."""
+        if not self.pending and not self.lost:
+            return None
+        parts = [f"MLflow run {run_id}: {self.pending} writes are not delivered"]
+        if self.halted:
+            parts.append(f" ({self.halted})")
+        if self.journal:
+            parts.append(f". They are kept in {self.journal}; deliver them with: lightning-mlflow sync {self.journal}")
+        if self.lost:
+            parts.append(f". {self.lost} could not be written to the journal either and are lost")
+        return "".join(parts)
 
 
 def split(record: Record) -> list[Record]:
@@ -98,6 +124,7 @@ class RunWriter:
         self._spilling = journal.pending > 0  # writes already journaled are older than anything new
         self._inflight: deque[Record] = deque()
         self._inflight_from_journal = False
+        self._sending: list[Record] = []  # the metrics request being sent (taken off _inflight)
         # Progress is counted in points (a status change counts one), which splitting a record preserves.
         self._enqueued = journal.pending_points() if journal.pending else 0
         self._done = 0
@@ -108,6 +135,10 @@ class RunWriter:
         self._report = DeliveryReport()
         self._reported: set[str] = set()
         self._unreachable_since: float | None = None
+        #: Set when a run-wide fault or a bug stopped delivery; everything undelivered is then in the journal.
+        self._halted: DeliveryError | None = None
+        self._halt_attempts = 0
+        self._halted_tried_at = -math.inf  # when a halted run was last tried again
         self._thread: threading.Thread | None = None
         # Tags renewed every heartbeat_interval while the run is RUNNING (not after a final status).
         self._heartbeat = heartbeat
@@ -166,12 +197,12 @@ class RunWriter:
             if self._spilling or self._queued_points + size > self._max_queued:
                 # The store is slower than the loop: keep memory bounded, let the disk hold the rest.
                 self._spilling = True
-                self._journal.append([record])
+                self._to_journal(self._journal.append, [record])
             else:
                 self._queue.append(record)
                 self._queued_points += size
             full = self._queued_points >= self._batch_points()
-            if self._thread is None or not self._thread.is_alive():
+            if (self._thread is None or not self._thread.is_alive()) and not self._stopped_by_bug:
                 self._start()
                 full = False
         if full or self._synchronous:
@@ -191,17 +222,26 @@ class RunWriter:
 
         ``unless_unreachable``: stop waiting as soon as the store is known to be unreachable (at exit).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         with self._lock:
             target = self._enqueued
             self._flush_target = max(self._flush_target, target)
-            if self._done < target and (self._thread is None or not self._thread.is_alive()):
+            if (
+                self._done < target
+                and (self._thread is None or not self._thread.is_alive())
+                and not self._stopped_by_bug
+            ):
                 self._start()
         self._wake.set()
         with self._progress:
             while self._done < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    break
+                if self._halted is not None and (self._stopped_by_bug or self._halted_tried_at > started):
+                    # Tried again since this flush began, and still refused: nothing will be delivered until a
+                    # person acts, so waiting longer would only hold the fit.
                     break
                 if unless_unreachable and self._unreachable_since is not None:
                     break
@@ -214,21 +254,39 @@ class RunWriter:
         if thread is not None and thread.is_alive():
             self._park.set()
             self._wake.set()
+            self._transport.abort()  # a request in flight fails now instead of at its timeout
             thread.join(timeout)
             if thread.is_alive():
-                # A request is still hanging: leave memory and journal alone rather than race the worker.
-                log.warning("MLflow run %s: the writer did not stop within %.0f s", self._run_id, timeout)
-                return self._take_report()
+                # A request that cannot be interrupted still hangs: journal what waits anyway. If that request
+                # lands after all, its points are in the store and the journal both; replaying them later is
+                # harmless (same key, value, step and timestamp: the store keeps one point).
+                log.warning("MLflow run %s: a request to the store did not stop within %.0f s", self._run_id, timeout)
         with self._lock:
             front = [] if self._inflight_from_journal else list(self._inflight)
             front.extend(self._queue)
             self._inflight.clear()
             self._queue.clear()
             self._queued_points = 0
-            self._journal.prepend(front)
+            self._to_journal(self._journal.prepend, front)
             self._spilling = self._journal.pending > 0
             self._park.clear()
         return self._take_report()
+
+    def _to_journal(self, write: Callable[[list[Record]], None], records: list[Record]) -> None:
+        """Write records to the journal (caller holds the lock); points it could not keep (a full or unwritable
+        disk) count as done, lost, so no flush waits for them."""
+        lost_before = self._journal.lost_points
+        write(records)
+        lost = self._journal.lost_points - lost_before
+        if lost:
+            self._done += lost
+            self._progress.notify_all()
+
+    def discard(self) -> None:
+        """Park, then drop whatever is undelivered with the journal file (a run deleted before it was used)."""
+        self.park()
+        self._journal.close()
+        self._journal.path.unlink(missing_ok=True)
 
     def _take_report(self, target: int | None = None) -> DeliveryReport:
         """What happened since the last report; pending counts what was queued up to ``target`` (a flush does
@@ -236,7 +294,10 @@ class RunWriter:
         with self._lock:
             report, self._report = self._report, DeliveryReport()
             report.pending = self._pending_points() if target is None else max(target - self._done, 0)
-            report.journal = self.journal_path if self._journal.pending else None
+            report.journal = self.journal_path if self._journal.exists else None
+            report.lost = self._journal.lost_points
+            if self._halted is not None:
+                report.halted = self._halt_summary(self._halted)
         return report
 
     def _pending_points(self) -> int:
@@ -248,10 +309,29 @@ class RunWriter:
         self._thread = threading.Thread(target=self._run, name=f"mlflow-writer-{self._run_id[:8]}", daemon=True)
         self._thread.start()
 
+    @property
+    def _stopped_by_bug(self) -> bool:
+        return self._halted is not None and self._halted.fault is Fault.BUG
+
     def _run(self) -> None:
         everything = True
         while not self._park.is_set():
+            retrying = self._halted is not None
+            if retrying:
+                if self._stopped_by_bug:
+                    return
+                self._wake.wait(self._halted_retry_delay())  # a flush wakes it: one more try before giving up
+                self._wake.clear()
+                if self._park.is_set():
+                    return
+                self._transport.refresh_credentials()  # a renewed token or password takes effect here
             self._drain(everything)
+            if self._halted is not None:
+                if retrying:
+                    with self._progress:  # a flush waiting on this retry learns it failed too
+                        self._halted_tried_at = time.monotonic()
+                        self._progress.notify_all()
+                continue
             if self._park.is_set() or self._retire_if_idle():
                 return
             self._beat()
@@ -264,7 +344,8 @@ class RunWriter:
         another. A finished run's writer then holds no thread that wakes every second."""
         with self._lock:
             idle = (
-                not self._beating
+                self._halted is None
+                and not self._beating
                 and not self._queue
                 and not self._inflight
                 and self._journal.pending == 0
@@ -275,7 +356,7 @@ class RunWriter:
             return idle
 
     def _beat(self) -> None:
-        if self._heartbeat is None or not self._beating or time.monotonic() < self._next_beat:
+        if self._heartbeat is None or not self._beating or time.monotonic() < self._next_beat or self._halted:
             return
         self._next_beat = time.monotonic() + self._heartbeat_interval
         self._submit(Record(tags=self._heartbeat()), wait=False)  # on the worker: never wait on itself
@@ -322,9 +403,11 @@ class RunWriter:
         if not self._send_inflight():
             return False
         if journal_offset is not None:
+            # Counted once the whole group is in the store: a group cut short is sent again whole from the
+            # journal (points the store already holds are kept once, see journal.py).
             self._journal.advance(len(records), journal_offset)
+            self._mark_done(sum(record.size for record in records))
         self._inflight_from_journal = False
-        self._mark_done(sum(record.size for record in records))
         return True
 
     def _take_full_batches(self) -> list[Record]:
@@ -349,7 +432,7 @@ class RunWriter:
 
     def _send_inflight(self) -> bool:
         """Send the in-flight records in batches; False if parked before all were sent."""
-        while self._inflight:
+        while self._inflight and not self._park.is_set():
             head = self._inflight[0]
             if head.metrics:
                 batch: list[Record] = []
@@ -363,20 +446,31 @@ class RunWriter:
                     batch.append(record)
                     points += len(record.metrics)
                 metrics = [point for record in batch for point in record.metrics]
-                if not self._with_retries(self._send_metrics, metrics):
-                    self._inflight.extendleft(reversed(batch))
+                self._sending = batch
+                sent = self._with_retries(self._send_metrics, metrics)
+                self._sending = []
+                if not sent:
+                    if self._halted is None:  # parked: the batch goes back in front (a halt journaled it)
+                        self._inflight.extendleft(reversed(batch))
                     return False
+                self._count_sent(points)
                 continue
             if not self._with_retries(self._send_other, head):
                 return False
             self._inflight.popleft()
-        return True
+            self._count_sent(head.size)
+        return not self._inflight
+
+    def _count_sent(self, points: int) -> None:
+        """Records from memory count as done request by request; a journal group counts once it is all sent."""
+        if not self._inflight_from_journal:
+            self._mark_done(points)
 
     def _send_metrics(self, metrics: list[MetricPoint]) -> None:
         try:
             self._transport.log_batch(self._run_id, metrics=metrics)
         except DeliveryError as exc:
-            if exc.transient:
+            if exc.fault is not Fault.ONE_RECORD:
                 raise
             if len(metrics) == 1:
                 self._refuse(f"metric {metrics[0][0]!r}", 1, exc)
@@ -395,34 +489,100 @@ class RunWriter:
             if record.status:
                 self._transport.set_status(self._run_id, record.status, record.end_time)
         except DeliveryError as exc:
-            if exc.transient:
+            if exc.fault is not Fault.ONE_RECORD:
                 raise
             keys = [key for key, _ in record.params or record.tags] or [f"status {record.status}"]
             self._refuse(", ".join(repr(k) for k in keys[:5]), record.size, exc)
 
     def _with_retries(self, send: Callable[[T], None], payload: T) -> bool:
+        """Send until it lands; False when parked first, or when a run-wide fault or a bug stopped delivery
+        (the in-flight and queued writes are then in the journal)."""
         delay, max_delay = self._retry_delays
         while True:
             try:
                 send(payload)
-            except DeliveryError as exc:
+            except Exception as raw:
+                fault = classify_exception(self._transport.tracking_uri, raw)
+                if fault.fault is not Fault.TRANSIENT:
+                    self._halt(fault, raw)
+                    return False
                 if self._unreachable_since is None:
                     self._unreachable_since = time.monotonic()
                     log.warning(
-                        "MLflow run %s: the tracking store is not taking writes (%s). Retrying in the "
-                        "background; nothing is lost, undelivered writes are kept in %s.",
+                        "MLflow run %s: the tracking store is not taking writes (%s). Retrying in the background; "
+                        "writes wait in memory, and what is still undelivered when the run ends is kept in a "
+                        "journal under save_dir (the message then names the file).",
                         self._run_id,
-                        exc,
-                        self.journal_path,
+                        fault,
                     )
-                if self._park.wait(delay):
+                wait = delay if fault.retry_after is None else max(fault.retry_after, delay)
+                if self._park.wait(wait):
                     return False
                 delay = min(delay * 2, max_delay)
                 continue
-            if self._unreachable_since is not None:
-                log.warning("MLflow run %s: the tracking store takes writes again.", self._run_id)
+            if self._unreachable_since is not None or self._halted is not None:
+                log.warning("MLflow run %s: the tracking store takes writes again; delivery resumed.", self._run_id)
                 self._unreachable_since = None
+                self._halted = None
+                self._halt_attempts = 0
             return True
+
+    def _halted_retry_delay(self) -> float:
+        """Retries of a halted run back off from the first retry delay to HALTED_RETRY_S."""
+        self._halt_attempts += 1
+        first = self._retry_delays[0]
+        return float(min(first * 4**self._halt_attempts, HALTED_RETRY_S))
+
+    def _halt(self, fault: DeliveryError, raw: BaseException) -> None:
+        """Stop delivery: every write not yet in the store goes to the journal, in order; say once why."""
+        first = self._halted is None or str(self._halted) != str(fault)
+        with self._lock:
+            front = [] if self._inflight_from_journal else [*self._sending, *self._inflight]
+            front.extend(self._queue)
+            self._inflight.clear()
+            self._sending = []
+            self._inflight_from_journal = False
+            self._queue.clear()
+            self._queued_points = 0
+            self._to_journal(self._journal.prepend, front)
+            self._spilling = True
+            exists = self._journal.exists
+        if first:
+            self._say_halted(fault, raw, exists)
+        with self._progress:  # said first: a flush waiting for these writes returns now, after the message
+            self._halted = fault
+            self._progress.notify_all()
+
+    def _say_halted(self, fault: DeliveryError, raw: BaseException, journaled: bool) -> None:
+        kept = (
+            f"Nothing is lost: undelivered writes are kept in {self.journal_path}; once fixed, deliver them with: "
+            f"lightning-mlflow sync {self.journal_path}"
+            if journaled
+            else f"Undelivered writes could not be written to the journal ({self._journal.problem}); they are lost"
+        )
+        if fault.fault is Fault.BUG:
+            log.error(
+                "MLflow run %s: lightning-mlflow-ext failed delivering writes (a bug: please report it with this "
+                "traceback). Delivery stopped. %s.",
+                self._run_id,
+                kept,
+                exc_info=(type(raw), raw, raw.__traceback__),
+            )
+            return
+        log.error(
+            "MLflow run %s: %s. Nothing more is sent to this run until this is fixed: %s. This process keeps "
+            "trying every %.0f s with the credentials read again. %s.",
+            self._run_id,
+            fault,
+            fault.advice or "see the message above",
+            HALTED_RETRY_S,
+            kept,
+        )
+
+    def _halt_summary(self, fault: DeliveryError) -> str:
+        if fault.fault is Fault.BUG:
+            return f"delivery stopped by a bug in lightning-mlflow-ext: {fault}"
+        return f"{fault}; {fault.advice}" if fault.advice else str(fault)
 
     def _refuse(self, what: str, count: int, exc: Exception) -> None:
         message = f"MLflow refused {what} for run {self._run_id}: {exc}"
