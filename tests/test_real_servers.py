@@ -221,16 +221,23 @@ def test_a_renewed_password_resumes_delivery_without_a_restart(auth_server, user
         pytest.param(lambda p: setattr(p, "latency", 0.05), id="latency-50ms"),
     ],
 )
-def test_transient_faults_lose_nothing_and_store_nothing_twice(fault_proxy, experiment_name, faults, monkeypatch):
+def test_transient_faults_lose_nothing_and_store_nothing_twice(
+    fault_proxy, experiment_name, faults, monkeypatch, tmp_path, capfd, caplog
+):
+    token = "tok-" + uuid.uuid4().hex  # sent with every request; must never be recorded or printed
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
     logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=fault_proxy.uri, server_wait=10)
     _ = logger.run_id  # the run is created through the proxy before the faults start
     faults(fault_proxy)
-    make_trainer(logger).fit(TinyModel(), TinyData())
+    with caplog.at_level(logging.INFO):
+        make_trainer(logger).fit(TinyModel(), TinyData())
     assert logger.flush(timeout=60) == 0
     fault_proxy.clear_faults()
     client = MlflowClient(fault_proxy.upstream)
     assert client.get_run(logger.run_id).info.status == "FINISHED"
     assert_every_point_once(client, logger.run_id)
+    out, err = capfd.readouterr()
+    assert_no_secret(token, out, err, caplog.text, text_of_run(fault_proxy.upstream, logger.run_id, tmp_path / "dl"))
 
 
 def test_a_stalled_response_is_retried_and_the_point_kept_once(fault_proxy, experiment_name, monkeypatch):
