@@ -15,7 +15,7 @@ from typing import Any
 import mlflow
 import yaml
 
-from lightning_mlflow_ext.keys import REDACTED
+from lightning_mlflow_ext.keys import DEFAULT_REDACTOR, REDACTED, Redactor
 from lightning_mlflow_ext.lightning_cli import _redact
 
 SCRIPT = Path(__file__).with_name("cli_train.py")
@@ -206,10 +206,16 @@ def test_redaction_reaches_into_lists_and_urls():
         },
         "model": {"db_password": None, "credentials": {"user": "me"}, "max_tokens": 5},
     }
-    assert _redact(config, "") == {
+    assert _redact(config, "", DEFAULT_REDACTOR) == {
         "trainer": {
             "callbacks": [{"class_path": "x.Callback", "init_args": {"api_key": REDACTED, "url": "https://host/x"}}],
             "logger": {"init_args": {"tracking_uri": "https://mlflow.example/", "run_name": "a"}},
         },
         "model": {"db_password": REDACTED, "credentials": {"user": REDACTED}, "max_tokens": 5},
     }
+
+
+def test_the_loggers_own_redact_patterns_reach_the_config_file():
+    config = {"model": {"wandb_key": "abc", "internal": {"host": "db"}, "lr": 0.1}}
+    clean = _redact(config, "", Redactor.of(["wandb_key", r"^model/internal/"]))
+    assert clean == {"model": {"wandb_key": REDACTED, "internal": {"host": REDACTED}, "lr": 0.1}}

@@ -28,7 +28,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
-from lightning_mlflow_ext.keys import REDACTED, is_secret_key, strip_url_credentials
+from lightning_mlflow_ext.keys import REDACTED, Redactor, is_secret_key, strip_url_credentials
 from lightning_mlflow_ext.logger import MLflowLogger
 
 __all__ = ["MLflowSaveConfigCallback"]
@@ -36,14 +36,15 @@ __all__ = ["MLflowSaveConfigCallback"]
 log = logging.getLogger(__name__)
 
 
-def _redact(value: Any, path: str) -> Any:
-    """``value`` with the secrets the logger keeps out of params (secret-looking keys, credentials in URLs)
-    removed, lists included: a list is one param, so its items are not otherwise looked into."""
+def _redact(value: Any, path: str, redactor: Redactor) -> Any:
+    """``value`` with the secrets the logger keeps out of params (secret-looking keys by its ``redactor``,
+    credentials in URLs) removed, lists included: a list is one param, so its items are not otherwise looked
+    into."""
     if isinstance(value, dict):
-        return {key: _redact(item, f"{path}/{key}" if path else str(key)) for key, item in value.items()}
+        return {key: _redact(item, f"{path}/{key}" if path else str(key), redactor) for key, item in value.items()}
     if isinstance(value, list):
-        return [_redact(item, f"{path}/{index}") for index, item in enumerate(value)]
-    if path and is_secret_key(path):
+        return [_redact(item, f"{path}/{index}", redactor) for index, item in enumerate(value)]
+    if path and is_secret_key(path, redactor):
         return REDACTED
     if isinstance(value, str):
         return strip_url_credentials(value)
@@ -142,19 +143,18 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
                 type(self).__name__,
             )
             return
-        text, config = self._config_text()
-        params = {self.param_prefix: config} if self.param_prefix else config
-        for logger in loggers:
-            logger.log_hyperparams(params)
+        for logger in loggers:  # each with its own redact= patterns
+            text, config = self._config_text(logger.redactor)
+            logger.log_hyperparams({self.param_prefix: config} if self.param_prefix else config)
             logger.log_text(text, self.config_filename)
 
-    def _config_text(self) -> tuple[str, dict[str, Any]]:
+    def _config_text(self, redactor: Redactor) -> tuple[str, dict[str, Any]]:
         """The YAML that is uploaded and the dict that is logged as params: the same values, secrets removed."""
         # skip_none=False, as Lightning saves it: a None that is left out would take the default on a rerun.
         text = self.parser.dump(self.config, skip_none=False)
         loaded = yaml.safe_load(text)
         data: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
-        clean = _redact(data, "")
+        clean = _redact(data, "", redactor)
         if clean != data:
             comments = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
             header = "".join(line + "\n" for line in comments)

@@ -491,6 +491,11 @@ class MLflowLogger(Logger):
         for callback in callbacks:
             self._mirror.sync(callback, epoch, step, dataset_digests=dict(self._dataset_digests))
 
+    @property
+    def redactor(self) -> Redactor:
+        """Which keys' values this logger records as redacted: the built-in words plus ``redact=``."""
+        return self._redactor
+
     @override
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         # Lightning calls this at the start of every stage (after setup): proof that a Trainer drives the logger.
