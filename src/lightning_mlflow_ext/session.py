@@ -289,6 +289,8 @@ class RunSession:
         self._run_id = run.info.run_id
         self._experiment_id = run.info.experiment_id
         self._resolved_experiment_name = self._experiment_name_of(run.info.experiment_id)
+        # Known now, while resolving may wait on the store: later param diffs make no network call.
+        self._logged_params = dict(run.data.params)
 
     def _find_run(self) -> tuple[Run | None, Origin | None]:
         if self._requested_run_id:
@@ -528,7 +530,7 @@ class RunSession:
             self.writer.set_tags(list(tags.items()))
 
     def logged_params(self) -> dict[str, str]:
-        """Params the run already holds (read once, then kept up to date locally)."""
+        """Params the run already holds (read when the run is resolved, then kept up to date locally)."""
         if self._logged_params is None:
             self._logged_params = dict(self.client.get_run(self.run_id).data.params)
         return self._logged_params

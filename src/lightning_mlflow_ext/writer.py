@@ -38,6 +38,9 @@ TAIL_MIN_BATCH = 50
 TAIL_POINTS = MAX_METRICS_PER_BATCH
 
 
+#: How long the store may refuse writes (transient faults) before the user is warned.
+UNREACHABLE_WARN_S = 5.0
+
 #: How often a run whose delivery stopped for a run-wide fault (refused credentials, a deleted run) is tried
 #: again, with the credentials read anew: a renewed token or password resumes delivery without a restart.
 HALTED_RETRY_S = 30.0
@@ -135,6 +138,8 @@ class RunWriter:
         self._report = DeliveryReport()
         self._reported: set[str] = set()
         self._unreachable_since: float | None = None
+        self._warned_unreachable = False
+        self._retry_now = threading.Event()  # set by a flush or a park: cut a transient backoff short
         #: Set when a run-wide fault or a bug stopped delivery; everything undelivered is then in the journal.
         self._halted: DeliveryError | None = None
         self._halt_attempts = 0
@@ -234,6 +239,7 @@ class RunWriter:
             ):
                 self._start()
         self._wake.set()
+        self._retry_now.set()
         with self._progress:
             while self._done < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -254,6 +260,7 @@ class RunWriter:
         if thread is not None and thread.is_alive():
             self._park.set()
             self._wake.set()
+            self._retry_now.set()
             self._transport.abort()  # a request in flight fails now instead of at its timeout
             thread.join(timeout)
             if thread.is_alive():
@@ -506,26 +513,44 @@ class RunWriter:
                 if fault.fault is not Fault.TRANSIENT:
                     self._halt(fault, raw)
                     return False
-                if self._unreachable_since is None:
-                    self._unreachable_since = time.monotonic()
-                    log.warning(
-                        "MLflow run %s: the tracking store is not taking writes (%s). Retrying in the background; "
-                        "writes wait in memory, and what is still undelivered when the run ends is kept in a "
-                        "journal under save_dir (the message then names the file).",
-                        self._run_id,
-                        fault,
-                    )
-                wait = delay if fault.retry_after is None else max(fault.retry_after, delay)
-                if self._park.wait(wait):
-                    return False
+                self._note_unreachable(fault)
+                if fault.retry_after is not None:  # the server said when: only parking cuts that short
+                    if self._park.wait(fault.retry_after):
+                        return False
+                else:
+                    # A flush (the end of a stage) retries at once: the store may be back before the backoff ends.
+                    self._retry_now.wait(delay)
+                    self._retry_now.clear()
+                    if self._park.is_set():
+                        return False
                 delay = min(delay * 2, max_delay)
                 continue
-            if self._unreachable_since is not None or self._halted is not None:
+            if self._warned_unreachable or self._halted is not None:
                 log.warning("MLflow run %s: the tracking store takes writes again; delivery resumed.", self._run_id)
-                self._unreachable_since = None
-                self._halted = None
-                self._halt_attempts = 0
+            self._unreachable_since = None
+            self._warned_unreachable = False
+            self._halted = None
+            self._halt_attempts = 0
             return True
+
+    def _note_unreachable(self, fault: DeliveryError) -> None:
+        """Warn once the store has refused writes for UNREACHABLE_WARN_S: a blip that one retry cures (a 503, a
+        reset connection) is retried quietly instead of filling the log with warnings and recoveries."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+            log.info("MLflow run %s: retrying a write the tracking store did not take (%s)", self._run_id, fault)
+        if self._warned_unreachable or now - self._unreachable_since < UNREACHABLE_WARN_S:
+            return
+        self._warned_unreachable = True
+        log.warning(
+            "MLflow run %s: the tracking store has not taken writes for %.0f s (%s). Retrying in the background; "
+            "writes wait in memory, and what is still undelivered when the run ends is kept in a journal under "
+            "save_dir (the message then names the file).",
+            self._run_id,
+            now - self._unreachable_since,
+            fault,
+        )
 
     def _halted_retry_delay(self) -> float:
         """Retries of a halted run back off from the first retry delay to HALTED_RETRY_S."""
