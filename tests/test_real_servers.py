@@ -7,6 +7,7 @@ points, the final status, and that no password or token appears anywhere a user 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -360,3 +361,35 @@ def test_a_deleted_run_stops_delivery_and_keeps_the_writes(mlflow_server, experi
     assert delivered.returncode == 0, delivered.stdout + delivered.stderr
     assert client.get_run(logger.run_id).info.status == "FINISHED"
     assert_every_point_once(client, logger.run_id)
+
+
+# ---------------------------------------------------------------------------------------------------- a killed server
+
+
+@pytest.fixture
+def killable_server(mlflow_server):
+    yield mlflow_server
+    if not mlflow_server.running:
+        mlflow_server.start()
+
+
+def kill_server(server) -> None:
+    """SIGKILL the whole server process group: no graceful shutdown, requests in flight are cut."""
+    import os
+    import signal
+
+    for pid in server.process_group():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server.stop()  # reaps the process and waits for the port to be free
+
+
+def test_a_server_killed_mid_fit_and_restarted_loses_nothing(killable_server, experiment_name):
+    server = killable_server
+    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=server.uri, flush_timeout=60)
+    actions = {3: lambda: kill_server(server), 10: server.start}
+    make_trainer(logger).fit(model_with(actions), TinyData())
+    client = MlflowClient(server.uri)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    assert_every_point_once(client, logger.run_id)
+    assert not journal_path(logger.save_dir, logger.run_id).exists()
