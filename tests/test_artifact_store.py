@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from lightning_mlflow_ext.artifact_store import RunArtifacts
 from lightning_mlflow_ext.artifacts import UPLOAD_NICENESS, ArtifactUploader, snapshot
+from lightning_mlflow_ext.faults import DeliveryError, Fault
 
 
 def _run(client: MlflowClient, experiment_name: str) -> str:
@@ -58,28 +59,32 @@ def test_an_upload_the_server_refuses_raises_with_its_answer(mlflow_server, tmp_
     local.write_bytes(b"weights")
 
     # Passes the client-side check, but the proxy decodes it to ".." and refuses it.
-    with pytest.raises(MlflowException, match=r"HTTP 400 storing artifact %2e%2e/w.ckpt: .*Invalid path"):
+    with pytest.raises(DeliveryError, match=r"storing artifact %2e%2e/w.ckpt: HTTP 400 .*Invalid path") as refused:
         RunArtifacts(client, run_id, mlflow_server.uri).log_file(local, "%2e%2e")
+    assert refused.value.fault is Fault.ONE_RECORD
     assert client.list_artifacts(run_id) == []
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="only Linux gives a thread its own nice value")
 def test_uploads_run_at_a_lower_cpu_priority_than_training(tracking_uri, client, experiment_name, tmp_path):
     run_id = _run(client, experiment_name)
-    uploader = ArtifactUploader(client, run_id, tracking_uri, tmp_path / "staging")
+    artifacts = RunArtifacts(client, run_id, tracking_uri)
+    handed_off: list = []
+    uploader = ArtifactUploader(client, run_id, artifacts, tmp_path / "staging", hand_off=handed_off.extend)
     local = tmp_path / "w.ckpt"
     local.write_bytes(os.urandom(1_000_000))
     seen: list[tuple[int, int]] = []
 
-    def nice_of_uploading_thread() -> None:  # what `ps -L -o tid,nice` shows for the upload thread
+    def nice_of_uploading_thread() -> list:  # what `ps -L -o tid,nice` shows for the upload thread
         tid = threading.get_native_id()
         seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        return []  # no artifact change
 
     uploader.upload_snapshot(snapshot(local, uploader.staging), "checkpoints")
     uploader.submit("read nice", nice_of_uploading_thread)
     report = uploader.flush(timeout=60)
 
-    assert report.failed == [] and report.pending == 0
+    assert report.failed == [] and report.pending == 0 and handed_off == []
     assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/w.ckpt"]
     main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     [(tid, nice)] = seen

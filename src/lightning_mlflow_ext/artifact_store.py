@@ -8,18 +8,21 @@ default of ``mlflow server``), this sends the file with ``sendfile`` instead: th
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
+import shutil
 import urllib.parse
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD
-from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository, verify_artifact_path
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 from mlflow.utils.mime_type_utils import _guess_mime_type
 
+from lightning_mlflow_ext.faults import DeliveryError, Fault, classify_response
+from lightning_mlflow_ext.journal import ArtifactOp
 from lightning_mlflow_ext.transport import Endpoint
 
 #: Seconds a single send or receive of an upload may stall before it counts as failed.
@@ -32,7 +35,7 @@ class RunArtifacts:
     def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str) -> None:
         self._client = client
         self._run_id = run_id
-        self._tracking_uri = tracking_uri
+        self._tracking_uri = self.tracking_uri = tracking_uri
         self._repository: ArtifactRepository | None = None
         self._endpoint: Endpoint | None = None
 
@@ -60,8 +63,44 @@ class RunArtifacts:
             self._endpoint.refresh()
             answer = self._endpoint.put_file(endpoint, local, content_type, UPLOAD_TIMEOUT_S)
         if answer.status != 200:
-            raise MlflowException(f"HTTP {answer.status} storing artifact {artifact_path}: {answer.text[:500]}")
+            fault = classify_response(str(repository.artifact_uri), answer.status, answer.text, answer.headers)
+            raise DeliveryError(
+                f"storing artifact {artifact_path}: {fault}",
+                fault.fault,
+                status=fault.status,
+                retry_after=fault.retry_after,
+                advice=fault.advice,
+            )
+
+    def apply(self, op: ArtifactOp) -> None:
+        """Make one journaled change: store a staged file (then remove it), or delete an artifact (a store that
+        cannot delete keeps it: nothing else to do)."""
+        if op.kind == "delete":
+            if self.can_delete:
+                with contextlib.suppress(NotImplementedError, AttributeError):
+                    self.delete(op.path)
+            return
+        local = Path(op.path)
+        if not local.is_file():
+            raise DeliveryError(f"the staged copy {local} is gone; {op.describe()} cannot be made", Fault.ONE_RECORD)
+        self.log_file(local, op.artifact_dir)
+        remove_staged(local)
+
+    def abort(self) -> None:
+        """Cut off an upload in flight on another thread (the run is ending)."""
+        if self._endpoint is not None:
+            self._endpoint.abort()
+
+    @property
+    def can_delete(self) -> bool:
+        """Whether this store can remove an artifact (MLflow's base repository silently does nothing)."""
+        return type(self.repository).delete_artifacts is not ArtifactRepository.delete_artifacts
 
     def delete(self, artifact_path: str) -> None:
         """Remove an artifact; NotImplementedError or AttributeError where the store cannot."""
         self.repository.delete_artifacts(artifact_path)  # type: ignore[no-untyped-call]
+
+
+def remove_staged(local: Path) -> None:
+    """Remove a staged copy and the folder of its own it was staged in."""
+    shutil.rmtree(local.parent, ignore_errors=True)

@@ -23,7 +23,9 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from lightning_mlflow_ext.artifact_store import RunArtifacts
+from lightning_mlflow_ext.artifact_store import RunArtifacts, remove_staged
+from lightning_mlflow_ext.faults import Fault, classify_exception
+from lightning_mlflow_ext.journal import ArtifactOp
 
 log = logging.getLogger(__name__)
 
@@ -73,89 +75,119 @@ def yield_to_training() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
 
 
-class ArtifactUploader:
-    """Runs upload jobs for one run in a background thread, in the order they were queued."""
+#: Local work that turns one upload into the artifact changes it makes (hashing a checkpoint, writing its
+#: metadata file); no network.
+Prepare = Callable[[], list[ArtifactOp]]
 
-    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str, staging: Path) -> None:
+
+class ArtifactUploader:
+    """Uploads one run's artifacts in a background thread, in the order they were queued.
+
+    A change the store does not take is not dropped: a transient fault is retried with backoff; a run-wide fault
+    or a bug, and whatever is still queued when the run ends (``park``), is handed to the run's writer as
+    records (``hand_off``), which deliver it later or keep it in the journal, the staged bytes under
+    ``save_dir``, for ``lightning-mlflow sync``. Images and tables logged through MLflow's client are the
+    exception: they are tried once.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        artifacts: RunArtifacts,
+        staging: Path,
+        hand_off: Callable[[list[ArtifactOp]], None],
+        *,
+        retry_delays: tuple[float, float] = (0.25, 10.0),
+    ) -> None:
         self._client = client
         self._run_id = run_id
-        self._artifacts = RunArtifacts(client, run_id, tracking_uri)
+        self._artifacts = artifacts
         self.staging = staging
-        self._jobs: deque[tuple[str, Callable[[], None]]] = deque()
+        self._hand_off = hand_off
+        self._retry_delays = retry_delays
+        self._jobs: deque[tuple[str, Prepare | Callable[[], None], bool]] = deque()
         self._cond = threading.Condition()
         self._queued = 0
         self._done = 0
         self._report = UploadReport()
         self._thread: threading.Thread | None = None
+        self._uploaded: dict[str, str] = {}  # artifact path -> sha256 last uploaded there (guarded by _cond)
+        self._handing_off = False  # a run-wide fault or a bug: every change goes to the writer from now on
+        self._parked = threading.Event()
+        self._retry_now = threading.Event()
 
-    def submit(self, description: str, job: Callable[[], None]) -> None:
+    # ---- training-thread side ----------------------------------------------------------------
+
+    def submit(self, description: str, prepare: Prepare) -> None:
+        """Queue a durable change: ``prepare`` runs on the worker and returns the artifact changes to make."""
+        self._enqueue(description, prepare, durable=True)
+
+    def _submit_direct(self, description: str, job: Callable[[], None]) -> None:
+        self._enqueue(description, job, durable=False)
+
+    def _enqueue(self, description: str, job: Prepare | Callable[[], None], *, durable: bool) -> None:
         with self._cond:
-            self._jobs.append((description, job))
+            self._jobs.append((description, job, durable))
             self._queued += 1
             if self._thread is None or not self._thread.is_alive():
+                self._parked.clear()
                 self._thread = threading.Thread(
                     target=self._run, name=f"mlflow-uploads-{self._run_id[:8]}", daemon=True
                 )
                 self._thread.start()
             self._cond.notify_all()
 
-    def upload_with_metadata(
-        self, local: Path, artifact_dir: str, metadata: dict[str, Any], uploaded: dict[str, str]
-    ) -> None:
-        """Upload a snapshot unless the run already holds the same bytes there, then a metadata JSON beside it.
-
-        ``uploaded`` maps artifact paths to the sha256 last uploaded; the snapshot is removed afterwards.
-        """
+    def upload_with_metadata(self, local: Path, artifact_dir: str, metadata: dict[str, Any]) -> None:
+        """Upload a snapshot unless the run already holds the same bytes there, then a metadata JSON beside it
+        (with the file's sha256). ``metadata`` is copied: the caller may change its own dict at once."""
         artifact_path = f"{artifact_dir}/{local.name}"
+        metadata = dict(metadata)
 
-        def job() -> None:
+        def prepare() -> list[ArtifactOp]:
             digest = sha256_of(local)
             metadata["sha256"] = digest
-            if uploaded.get(artifact_path) != digest:
-                self._artifacts.log_file(local, artifact_dir)
-                uploaded[artifact_path] = digest
-            self._store_text(json.dumps(metadata, indent=2), artifact_path + ".json")
+            ops: list[ArtifactOp] = []
+            with self._cond:
+                unchanged = self._uploaded.get(artifact_path) == digest
+                self._uploaded[artifact_path] = digest
+            if unchanged:
+                remove_staged(local)
+            else:
+                ops.append(ArtifactOp("put", str(local), artifact_dir))
+            ops.append(self._stage_text(json.dumps(metadata, indent=2), artifact_path + ".json"))
+            return ops
 
-        self._submit_then_remove(f"upload {artifact_path}", local, job)
+        self.submit(f"upload {artifact_path}", prepare)
+
+    def forget_upload(self, artifact_path: str) -> None:
+        """The artifact was removed from the run: the next file there is uploaded whatever its bytes."""
+        with self._cond:
+            self._uploaded.pop(artifact_path, None)
 
     def upload_bytes(self, data: bytes, artifact_file: str) -> None:
         staged = self._staged(artifact_file)
         staged.write_bytes(data)
         self.upload_snapshot(staged, posixpath.dirname(artifact_file) or None)
 
-    def _staged(self, artifact_file: str) -> Path:
-        """A fresh file in a folder of its own under staging, named like ``artifact_file``."""
-        staged = self.staging / uuid.uuid4().hex / posixpath.basename(artifact_file)
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        return staged
-
-    def _store_text(self, text: str, artifact_file: str) -> None:
-        """On the worker: store ``text`` (UTF-8) as ``artifact_file``, through the same path as every file."""
-        staged = self._staged(artifact_file)
-        try:
-            staged.write_text(text, encoding="utf-8")
-            self._artifacts.log_file(staged, posixpath.dirname(artifact_file) or None)
-        finally:
-            shutil.rmtree(staged.parent, ignore_errors=True)
+    def upload_text(self, text: str, artifact_file: str) -> None:
+        self.submit(f"write {artifact_file}", lambda: [self._stage_text(text, artifact_file)])
 
     def upload_snapshot(self, local: Path, artifact_dir: str | None) -> None:
-        """Upload a snapshot (see ``snapshot``) into ``artifact_dir``, then remove it."""
+        """Upload a snapshot (see ``snapshot``) into ``artifact_dir``; it is removed once the store has it."""
+        op = ArtifactOp("put", str(local), artifact_dir)
+        self.submit(op.describe(), lambda: [op])
 
-        def job() -> None:
-            self._artifacts.log_file(local, artifact_dir)
+    def delete(self, artifact_path: str, on_unsupported: Callable[[], None]) -> None:
+        """Remove an artifact where the store supports it; otherwise call ``on_unsupported`` (on the worker)."""
 
-        self._submit_then_remove(f"upload {artifact_dir or '.'}/{local.name}", local, job)
+        def prepare() -> list[ArtifactOp]:
+            if not self._artifacts.can_delete:
+                on_unsupported()
+                return []
+            return [ArtifactOp("delete", artifact_path)]
 
-    def _submit_then_remove(self, description: str, snapshot_file: Path, job: Callable[[], None]) -> None:
-        """Run ``job`` in the background, then delete the snapshot it read, whether it worked or not."""
-
-        def run_and_remove() -> None:
-            try:
-                job()
-            finally:
-                shutil.rmtree(snapshot_file.parent, ignore_errors=True)
-
-        self.submit(description, run_and_remove)
+        self.submit(f"delete {artifact_path}", prepare)
 
     def log_image(self, image: Any, key: str | None, step: int | None, artifact_file: str | None) -> None:
         def job() -> None:
@@ -164,26 +196,29 @@ class ArtifactUploader:
             else:
                 self._client.log_image(self._run_id, image, key=key, step=step, synchronous=True)
 
-        self.submit(f"log image {key or artifact_file}", job)
+        self._submit_direct(f"log image {key or artifact_file}", job)
 
     def log_table(self, data: Any, artifact_file: str) -> None:
-        self.submit(f"log table {artifact_file}", lambda: self._client.log_table(self._run_id, data, artifact_file))
+        self._submit_direct(
+            f"log table {artifact_file}", lambda: self._client.log_table(self._run_id, data, artifact_file)
+        )
 
-    def upload_text(self, text: str, artifact_file: str) -> None:
-        self.submit(f"write {artifact_file}", lambda: self._store_text(text, artifact_file))
+    def _staged(self, artifact_file: str) -> Path:
+        """A fresh file in a folder of its own under staging, named like ``artifact_file``."""
+        staged = self.staging / uuid.uuid4().hex / posixpath.basename(artifact_file)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        return staged
 
-    def delete(self, artifact_path: str, on_unsupported: Callable[[], None]) -> None:
-        """Remove an artifact where the store supports it; otherwise call ``on_unsupported``."""
+    def _stage_text(self, text: str, artifact_file: str) -> ArtifactOp:
+        staged = self._staged(artifact_file)
+        staged.write_text(text, encoding="utf-8")
+        return ArtifactOp("put", str(staged), posixpath.dirname(artifact_file) or None)
 
-        def job() -> None:
-            try:
-                self._artifacts.delete(artifact_path)
-            except (NotImplementedError, AttributeError):
-                on_unsupported()
-
-        self.submit(f"delete {artifact_path}", job)
+    # ---- waiting ------------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> UploadReport:
+        """Wait until every queued change is made or handed to the writer, at most ``timeout`` seconds."""
+        self._retry_now.set()  # a backoff in progress is cut short: the store may be back
         with self._cond:
             target = self._queued
             self._cond.wait_for(lambda: self._done >= target, timeout)
@@ -191,20 +226,75 @@ class ArtifactUploader:
             report.pending = self._queued - self._done
         return report
 
+    def park(self, timeout: float) -> None:
+        """Stop uploading: every change still queued is handed to the writer (nothing is dropped), within
+        ``timeout`` seconds; an upload in flight is cut off and handed over too."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        self._parked.set()
+        self._retry_now.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._artifacts.abort()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("MLflow run %s: an upload did not stop within %.0f s", self._run_id, timeout)
+
+    # ---- worker side --------------------------------------------------------------------------
+
     def _run(self) -> None:
         yield_to_training()
         while True:
             with self._cond:
-                if not self._jobs and not self._cond.wait_for(lambda: bool(self._jobs), timeout=30):
-                    self._thread = None  # idle: the next submit starts a new worker
+                if not self._jobs and not self._parked.is_set():
+                    self._cond.wait_for(lambda: bool(self._jobs) or self._parked.is_set(), timeout=30)
+                if not self._jobs:
+                    self._thread = None  # idle, or parked with nothing left: the next submit starts a new worker
                     return
-                description, job = self._jobs.popleft()
+                description, job, durable = self._jobs.popleft()
             try:
-                job()
-            except Exception as exc:  # one failed upload must not stop the ones after it
+                if not durable and self._parked.is_set():
+                    raise RuntimeError("not made: the run ended while the store did not take uploads")
+                if durable:
+                    self._make(job())  # type: ignore[arg-type]
+                else:
+                    job()
+            except Exception as exc:  # local work failed (a file gone, a full disk): the ones after it go on
                 log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
                 with self._cond:
                     self._report.failed.append(f"{description}: {exc}")
             with self._cond:
                 self._done += 1
                 self._cond.notify_all()
+
+    def _make(self, ops: list[ArtifactOp]) -> None:
+        for index, op in enumerate(ops):
+            if self._handing_off or self._parked.is_set() or not self._apply(op):
+                self._hand_off(ops[index:])
+                return
+
+    def _apply(self, op: ArtifactOp) -> bool:
+        """Make one change, retrying transient faults; False when it must go to the writer instead."""
+        delay, max_delay = self._retry_delays
+        while True:
+            try:
+                self._artifacts.apply(op)
+                return True
+            except Exception as raw:
+                fault = classify_exception(self._artifacts.tracking_uri, raw)
+                if fault.fault is Fault.ONE_RECORD:
+                    log.warning("MLflow run %s: could not %s: %s", self._run_id, op.describe(), fault)
+                    with self._cond:
+                        self._report.failed.append(f"{op.describe()}: {fault}")
+                    return True  # refused for good: nothing to keep
+                if fault.fault is not Fault.TRANSIENT:
+                    self._handing_off = True  # the writer says what happened, once, and journals the rest
+                    return False
+            if self._parked.is_set():
+                return False
+            self._retry_now.wait(delay)
+            self._retry_now.clear()
+            if self._parked.is_set():
+                return False
+            delay = min(delay * 2, max_delay)

@@ -50,7 +50,6 @@ class CheckpointMirror:
         self._set_tags = set_tags
         self._keys: dict[str, str] = {}  # callback identity -> key
         self._files: dict[str, MirroredFile] = {}  # local path -> what is in the run
-        self._sha: dict[str, str] = {}  # artifact path -> sha256 last uploaded
 
     def key_for(self, callback: ModelCheckpoint) -> str:
         identity = f"{callback.dirpath}|{callback.state_key}"
@@ -94,9 +93,8 @@ class CheckpointMirror:
                 "stale": False,
             }
             self._files[path] = MirroredFile(f"{artifact_dir}/{os.path.basename(path)}", current, metadata)
-            self._uploader.upload_with_metadata(
-                snapshot(path, self._uploader.staging, link=True), artifact_dir, metadata, self._sha
-            )
+            staged = snapshot(path, self._uploader.staging, link=True)
+            self._uploader.upload_with_metadata(staged, artifact_dir, metadata)
         for path in [
             p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(f"{ROOT}/{key}/")
         ]:
@@ -107,11 +105,11 @@ class CheckpointMirror:
 
     def _forget(self, path: str) -> None:
         mirrored = self._files.pop(path)
-        self._sha.pop(mirrored.artifact_path, None)
+        self._uploader.forget_upload(mirrored.artifact_path)
+        stale = {**mirrored.metadata, "stale": True}  # a copy: the worker writes it, this thread moves on
 
         def mark_stale() -> None:
-            mirrored.metadata["stale"] = True
-            self._uploader.upload_text(json.dumps(mirrored.metadata, indent=2), mirrored.artifact_path + ".json")
+            self._uploader.upload_text(json.dumps(stale, indent=2), mirrored.artifact_path + ".json")
 
         self._uploader.delete(mirrored.artifact_path, on_unsupported=mark_stale)
         self._uploader.delete(mirrored.artifact_path + ".json", on_unsupported=lambda: None)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from mlflow import MlflowClient
 
 from lightning_mlflow_ext import __version__
+from lightning_mlflow_ext.artifact_store import RunArtifacts
 from lightning_mlflow_ext.errors import JournalCorruptError, JournalInUseError
 from lightning_mlflow_ext.journal import Journal, find_journals
 from lightning_mlflow_ext.tracking import resolve_tracking_uri
@@ -55,7 +56,9 @@ def _sync(args: argparse.Namespace) -> int:
             continue
         uri = resolve_tracking_uri(args.tracking_uri or journal.header.tracking_uri)
         points = journal.pending_points()
-        writer = RunWriter(make_transport(uri, MlflowClient(uri)), journal.header.run_id, journal)
+        client = MlflowClient(uri)
+        run_id = journal.header.run_id
+        writer = RunWriter(make_transport(uri, client), run_id, journal, artifacts=RunArtifacts(client, run_id, uri))
         report = writer.flush(args.timeout)
         if report.pending:
             writer.park()

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning_mlflow_ext.errors import JournalCorruptError, JournalInUseError
 from lightning_mlflow_ext.transport import KeyValue, MetricPoint
@@ -36,19 +36,46 @@ MAX_FILES = 100
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: bytes as written, no newline translation
 
 
+@dataclass(frozen=True)
+class ArtifactOp:
+    """One change to a run's artifacts: store a staged file (``put``: ``path`` is the staged local file, kept
+    under ``save_dir`` until the store has it) or remove an artifact (``delete``: ``path`` is the artifact path)."""
+
+    kind: Literal["put", "delete"]
+    path: str
+    artifact_dir: str | None = None
+
+    def to_json(self) -> list[Any]:
+        return [self.kind, self.path, self.artifact_dir]
+
+    @classmethod
+    def from_json(cls, data: Any) -> ArtifactOp:
+        kind, path, artifact_dir = data
+        if kind not in ("put", "delete"):
+            raise ValueError(f"not an artifact change: {data!r}")
+        return cls(kind, str(path), None if artifact_dir is None else str(artifact_dir))
+
+    def describe(self) -> str:
+        if self.kind == "delete":
+            return f"delete {self.path}"
+        return f"upload {self.artifact_dir or '.'}/{os.path.basename(self.path)}"
+
+
 @dataclass
 class Record:
-    """One unit of work: metric points, params, or a final run status."""
+    """One unit of work: metric points, params, tags, a run status, or a change to the run's artifacts."""
 
     metrics: list[MetricPoint] = field(default_factory=list)
     params: list[KeyValue] = field(default_factory=list)
     tags: list[KeyValue] = field(default_factory=list)
     status: str | None = None
     end_time: int | None = None
+    artifact: ArtifactOp | None = None
 
     @property
     def size(self) -> int:
-        return len(self.metrics) + len(self.params) + len(self.tags) + (1 if self.status else 0)
+        extra = (1 if self.status else 0) + (1 if self.artifact else 0)
+        return len(self.metrics) + len(self.params) + len(self.tags) + extra
 
     def to_json(self) -> str:
         data: dict[str, Any] = {}
@@ -60,6 +87,8 @@ class Record:
             data["t"] = self.tags
         if self.status:
             data["s"] = [self.status, self.end_time]
+        if self.artifact:
+            data["a"] = self.artifact.to_json()
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -75,6 +104,7 @@ class Record:
             tags=[(str(k), str(v)) for k, v in data.get("t", [])],
             status=status[0],
             end_time=status[1],
+            artifact=ArtifactOp.from_json(data["a"]) if "a" in data else None,
         )
 
 

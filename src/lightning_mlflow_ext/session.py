@@ -26,6 +26,7 @@ from mlflow.tracking.context.git_context import GitRunContext
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from lightning_mlflow_ext.artifact_store import RunArtifacts
 from lightning_mlflow_ext.artifacts import ArtifactUploader
 from lightning_mlflow_ext.errors import (
     DeletedExperimentError,
@@ -470,6 +471,7 @@ class RunSession:
                         synchronous=self._synchronous,
                         heartbeat=lambda: [(HEARTBEAT_TAG, heartbeat())],
                         heartbeat_interval=HEARTBEAT_INTERVAL,
+                        artifacts=RunArtifacts(self.client, run_id, self.tracking_uri),
                     )
         return self._writer
 
@@ -483,7 +485,11 @@ class RunSession:
         if self._uploader is None:
             run_id = self.run_id
             staging = Path(self.save_dir) / ".mlflow-uploads"
-            self._uploader = ArtifactUploader(self.client, run_id, self.tracking_uri, staging)
+            # Its own RunArtifacts: a connection serves one thread, and the writer's serves journaled changes.
+            artifacts = RunArtifacts(self.client, run_id, self.tracking_uri)
+            self._uploader = ArtifactUploader(
+                self.client, run_id, artifacts, staging, hand_off=lambda ops: self.writer.change_artifacts(ops)
+            )
         self._fresh = False
         return self._uploader
 
@@ -562,6 +568,11 @@ class RunSession:
         """
         if self._run_id is None:
             return DeliveryReport()
+        wait = self._flush_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        if self._uploader is not None:
+            # Uploads the store has not taken yet become the writer's records, ahead of the final status.
+            self._uploader.park(max(wait / 2, 0.5))
         with self._lock:
             if status != "FINISHED":
                 self._worst_status = status
@@ -579,10 +590,10 @@ class RunSession:
             _open_sessions.discard(self)
         report = DeliveryReport()
         if self._writer is not None:
-            # The whole end waits at most the timeout: the flush, then parking what is left in the journal.
-            wait = self._flush_timeout if timeout is None else timeout
-            deadline = time.monotonic() + wait
-            report = self._writer.flush(max(wait - PARK_RESERVE_S, 0.0), unless_unreachable=at_exit)
+            # The whole end waits at most the timeout: the uploads, the flush, then parking what is left in the
+            # journal.
+            budget = max(deadline - time.monotonic() - PARK_RESERVE_S, 0.0)
+            report = self._writer.flush(budget, unless_unreachable=at_exit)
             if report.pending:
                 parked = self._writer.park(max(deadline - time.monotonic(), 0.1))
                 report.pending, report.journal, report.lost = parked.pending, parked.journal, parked.lost

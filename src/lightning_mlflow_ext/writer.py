@@ -13,13 +13,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 from lightning_mlflow_ext.errors import WriteRefusedError
 from lightning_mlflow_ext.faults import DeliveryError, Fault, classify_exception
-from lightning_mlflow_ext.journal import Journal, Record
+from lightning_mlflow_ext.journal import ArtifactOp, Journal, Record
 from lightning_mlflow_ext.transport import KeyValue, MetricPoint, Transport
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,15 @@ def split(record: Record) -> list[Record]:
         parts.append(Record(metrics=record.metrics[start : start + MAX_METRICS_PER_BATCH]))
     if record.status:
         parts.append(Record(status=record.status, end_time=record.end_time))
+    if record.artifact:
+        parts.append(Record(artifact=record.artifact))
     return parts
+
+
+class ArtifactSender(Protocol):
+    """Applies one change to a run's artifacts (``RunArtifacts``); raises what ``faults`` classifies."""
+
+    def apply(self, op: ArtifactOp) -> None: ...
 
 
 class RunWriter:
@@ -112,8 +120,10 @@ class RunWriter:
         retry_delays: tuple[float, float] = (0.25, 10.0),
         heartbeat: Callable[[], list[KeyValue]] | None = None,
         heartbeat_interval: float = 60.0,
+        artifacts: ArtifactSender | None = None,
     ) -> None:
         self._transport = transport
+        self._artifacts = artifacts
         self._run_id = run_id
         self._journal = journal
         self._synchronous = synchronous
@@ -171,6 +181,11 @@ class RunWriter:
     def set_tags(self, tags: list[KeyValue]) -> None:
         if tags:
             self._submit(Record(tags=tags))
+
+    def change_artifacts(self, ops: list[ArtifactOp]) -> None:
+        """Queue artifact changes behind everything queued so far (uploads the uploader could not make)."""
+        for op in ops:
+            self._submit(Record(artifact=op), wait=False)
 
     def set_status(self, status: str, end_time: int | None = None) -> None:
         self._beating = status == "RUNNING"
@@ -495,10 +510,16 @@ class RunWriter:
                 self._transport.log_batch(self._run_id, tags=record.tags)
             if record.status:
                 self._transport.set_status(self._run_id, record.status, record.end_time)
+            if record.artifact:
+                if self._artifacts is None:
+                    raise DeliveryError("no artifact store to apply it to", Fault.ONE_RECORD)
+                self._artifacts.apply(record.artifact)
         except DeliveryError as exc:
             if exc.fault is not Fault.ONE_RECORD:
                 raise
-            keys = [key for key, _ in record.params or record.tags] or [f"status {record.status}"]
+            keys = [key for key, _ in record.params or record.tags] or [
+                record.artifact.describe() if record.artifact else f"status {record.status}"
+            ]
             self._refuse(", ".join(repr(k) for k in keys[:5]), record.size, exc)
 
     def _with_retries(self, send: Callable[[T], None], payload: T) -> bool:

@@ -1,0 +1,66 @@
+"""A fit that writes every kind of artifact the package makes, for tests/test_durable_writes.py (a real process).
+
+    python tests/durable_train.py --tracking-uri URI --experiment NAME [--stop-server-at-step N --server-pid PID]
+
+``--stop-server-at-step`` SIGTERMs the tracking server's process group after that training step, and the server
+stays down until this process has exited. The run id is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from lightning import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny import TinyData, TinyModel, make_trainer
+
+from lightning_mlflow_ext import MLflowLogger
+
+
+class EveryWrite(TinyModel):
+    """Logs a text, a dict and a file artifact every epoch; can stop the server mid-fit."""
+
+    stop_at: int | None = None
+    server_pid: int | None = None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.stop_at is not None and self.global_step == self.stop_at and self.server_pid:
+            os.killpg(self.server_pid, signal.SIGTERM)
+
+    def on_train_epoch_end(self):
+        epoch = self.current_epoch
+        self.logger.log_text(f"epoch {epoch} done\n", f"notes/epoch-{epoch}.txt")
+        self.logger.log_dict({"epoch": epoch, "lr": self.hparams.lr}, f"state/epoch-{epoch}.json")
+        report = Path(f"report-{epoch}.txt")
+        report.write_text(f"report of epoch {epoch}\n")
+        self.logger.log_artifact(report, "reports")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--stop-server-at-step", type=int, default=None)
+    parser.add_argument("--server-pid", type=int, default=None)
+    args = parser.parse_args()
+    seed_everything(0)  # both runs train the same weights: their checkpoints' scores are comparable
+    logger = MLflowLogger(
+        experiment_name=args.experiment, tracking_uri=args.tracking_uri, log_model="all", flush_timeout=5
+    )
+    best = ModelCheckpoint(dirpath="ckpt/best", monitor="val_loss", mode="min", save_top_k=1)
+    every = ModelCheckpoint(dirpath="ckpt/every", save_top_k=-1)
+    model = EveryWrite(lr=0.05)
+    model.stop_at, model.server_pid = args.stop_server_at_step, args.server_pid
+    trainer = make_trainer(logger, max_epochs=3, enable_checkpointing=True, callbacks=[best, every])
+    trainer.fit(model, TinyData())
+    print(logger.run_id)
+
+
+if __name__ == "__main__":
+    main()
