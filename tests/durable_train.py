@@ -20,7 +20,7 @@ from lightning import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import TinyData, TinyModel, make_trainer
 
-from lightning_mlflow_ext import MLflowLogger
+from lightning_mlflow_ext import MLflowCallback, MLflowLogger
 
 
 class EveryWrite(TinyModel):
@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--stop-server-at-step", type=int, default=None)
     parser.add_argument("--server-pid", type=int, default=None)
+    parser.add_argument(
+        "--stop-server-before-fit", action="store_true", help="stop it once the run exists, before any write"
+    )
     args = parser.parse_args()
     seed_everything(0)  # both runs train the same weights: their checkpoints' scores are comparable
     logger = MLflowLogger(
@@ -57,7 +60,14 @@ def main() -> None:
     every = ModelCheckpoint(dirpath="ckpt/every", save_top_k=-1)
     model = EveryWrite(lr=0.05)
     model.stop_at, model.server_pid = args.stop_server_at_step, args.server_pid
-    trainer = make_trainer(logger, max_epochs=3, enable_checkpointing=True, callbacks=[best, every])
+    data = Path("data/train")
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "part-0.csv").write_text("x,y\n1,2\n")
+    lineage = MLflowCallback(datasets={"train": str(data)}, log_model_summary=False)
+    trainer = make_trainer(logger, max_epochs=3, enable_checkpointing=True, callbacks=[best, every, lineage])
+    if args.stop_server_before_fit and args.server_pid:
+        _ = logger.run_id  # the run exists; everything after this waits for sync
+        os.killpg(args.server_pid, signal.SIGTERM)
     trainer.fit(model, TinyData())
     print(logger.run_id)
 

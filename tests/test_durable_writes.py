@@ -81,6 +81,12 @@ def record_of(client: MlflowClient, run_id: str, folder: Path) -> dict[str, obje
     texts = text_artifacts(client, run_id, folder)
     return {
         "status": run.info.status,
+        "datasets": sorted(
+            (item.dataset.name, item.dataset.digest, item.dataset.source_type, [(t.key, t.value) for t in item.tags])
+            for item in run.inputs.dataset_inputs
+        ),
+        # Left out: the run's own name and heartbeat, and the lineage note, which names each fit's own folder.
+        "tags": {k: v for k, v in run.data.tags.items() if not k.endswith(("heartbeat", "runName", "problems"))},
         "params": run.data.params,
         "metrics": metrics,
         "artifacts": artifact_files(client, run_id),
@@ -88,15 +94,17 @@ def record_of(client: MlflowClient, run_id: str, folder: Path) -> dict[str, obje
     }
 
 
-def test_artifacts_written_during_an_outage_that_outlasts_the_process_arrive_with_sync(
-    server, experiment_name, tmp_path
+@pytest.mark.parametrize(
+    "outage_from", [["--stop-server-at-step", "5"], ["--stop-server-before-fit"]], ids=["step-5", "before-fit"]
+)
+def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_with_sync(
+    server, experiment_name, tmp_path, outage_from
 ):
     client = MlflowClient(server.uri)
     reference = train(tmp_path / "reference", server.uri, experiment_name)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    outage = train(tmp_path / "outage", server.uri, experiment_name, "--stop-server-at-step", "5",
-                   "--server-pid", str(server.pid))  # fmt: skip
+    outage = train(tmp_path / "outage", server.uri, experiment_name, *outage_from, "--server-pid", str(server.pid))
     assert outage.returncode == 0, outage.stderr[-3000:]
     assert not server.running
     journals = find_journals(tmp_path / "outage")
@@ -119,4 +127,6 @@ def test_artifacts_written_during_an_outage_that_outlasts_the_process_arrive_wit
         assert got["texts"][path] == expected["texts"][path], path
     assert got["metrics"] == expected["metrics"]
     assert got["params"] == expected["params"]
+    assert got["datasets"] == expected["datasets"] and got["datasets"], "the dataset input arrives once, as it was"
+    assert got["tags"] == expected["tags"]
     assert got["status"] == expected["status"] == "FINISHED"

@@ -71,11 +71,13 @@ class Record:
     status: str | None = None
     end_time: int | None = None
     artifact: ArtifactOp | None = None
+    #: Dataset inputs: each the dataset's fields and its split as ``context`` (``lineage.dataset_records``).
+    inputs: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         extra = (1 if self.status else 0) + (1 if self.artifact else 0)
-        return len(self.metrics) + len(self.params) + len(self.tags) + extra
+        return len(self.metrics) + len(self.params) + len(self.tags) + len(self.inputs) + extra
 
     def to_json(self) -> str:
         data: dict[str, Any] = {}
@@ -89,6 +91,8 @@ class Record:
             data["s"] = [self.status, self.end_time]
         if self.artifact:
             data["a"] = self.artifact.to_json()
+        if self.inputs:
+            data["i"] = self.inputs
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -105,6 +109,7 @@ class Record:
             status=status[0],
             end_time=status[1],
             artifact=ArtifactOp.from_json(data["a"]) if "a" in data else None,
+            inputs=[{str(k): str(v) for k, v in item.items()} for item in data.get("i", [])],
         )
 
 

@@ -35,7 +35,7 @@ from lightning_mlflow_ext.errors import (
     RunNotFoundError,
 )
 from lightning_mlflow_ext.journal import Header, Journal, journal_path
-from lightning_mlflow_ext.lineage.dataset import log_datasets
+from lightning_mlflow_ext.lineage.dataset import dataset_records
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.lineage.git import code_diff, code_state, untracked_files
 from lightning_mlflow_ext.tracking import probe_server, refusals_explained
@@ -552,7 +552,9 @@ class RunSession:
         """One dataset input per split, with a git/DVC source; returns the fingerprints."""
         self.ensure_running()
         self._fresh = False
-        return log_datasets(self.client, self.run_id, splits)
+        records, fingerprints = dataset_records(splits)
+        self.writer.log_inputs(records)
+        return fingerprints
 
     def flush(self, timeout: float | None = None) -> DeliveryReport:
         if self._writer is None:

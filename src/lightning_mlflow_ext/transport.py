@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking.request_header.registry import resolve_request_headers
 from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from lightning_mlflow_ext.faults import classify_exception, classify_response
@@ -44,6 +45,7 @@ class Answer(NamedTuple):
 
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 UPDATE_RUN = "/api/2.0/mlflow/runs/update"
+LOG_INPUTS = "/api/2.0/mlflow/runs/log-inputs"
 class Transport(Protocol):
     tracking_uri: str
 
@@ -56,6 +58,9 @@ class Transport(Protocol):
     ) -> None: ...
 
     def set_status(self, run_id: str, status: str, end_time: int | None) -> None: ...
+
+    def log_inputs(self, run_id: str, inputs: Sequence[Mapping[str, str]]) -> None:
+        """Dataset inputs, each the dataset's fields and its split as ``context``."""
 
     def refresh_credentials(self) -> None:
         """Read the credentials again on the next request (they were refused: a token may have been renewed)."""
@@ -339,6 +344,16 @@ class HttpTransport:
         if answer.status != 200:
             raise classify_response(self._tracking_uri, answer.status, answer.text, answer.headers)
 
+    def log_inputs(self, run_id: str, inputs: Sequence[Mapping[str, str]]) -> None:
+        datasets = [
+            {
+                "tags": [{"key": MLFLOW_DATASET_CONTEXT, "value": item["context"]}],
+                "dataset": {key: value for key, value in item.items() if key != "context"},
+            }
+            for item in inputs
+        ]
+        self._post(LOG_INPUTS, {"run_id": run_id, "datasets": datasets})
+
     def refresh_credentials(self) -> None:
         self._endpoint.refresh()
 
@@ -397,6 +412,26 @@ class ClientTransport:
                 self._client.update_run(run_id, status=status)
             else:
                 self._client.set_terminated(run_id, status=status, end_time=end_time)
+        except Exception as exc:
+            raise classify_exception(self._tracking_uri, exc) from exc
+
+    def log_inputs(self, run_id: str, inputs: Sequence[Mapping[str, str]]) -> None:
+        datasets = [
+            DatasetInput(
+                Dataset(
+                    name=item["name"],
+                    digest=item["digest"],
+                    source_type=item["source_type"],
+                    source=item["source"],
+                    schema=item.get("schema"),
+                    profile=item.get("profile"),
+                ),
+                tags=[InputTag(MLFLOW_DATASET_CONTEXT, item["context"])],
+            )
+            for item in inputs
+        ]
+        try:
+            self._client.log_inputs(run_id, datasets=datasets)
         except Exception as exc:
             raise classify_exception(self._tracking_uri, exc) from exc
 

@@ -90,6 +90,8 @@ def split(record: Record) -> list[Record]:
         parts.append(Record(status=record.status, end_time=record.end_time))
     if record.artifact:
         parts.append(Record(artifact=record.artifact))
+    if record.inputs:
+        parts.append(Record(inputs=record.inputs))
     return parts
 
 
@@ -181,6 +183,10 @@ class RunWriter:
     def set_tags(self, tags: list[KeyValue]) -> None:
         if tags:
             self._submit(Record(tags=tags))
+
+    def log_inputs(self, inputs: list[dict[str, str]]) -> None:
+        if inputs:
+            self._submit(Record(inputs=inputs))
 
     def change_artifacts(self, ops: list[ArtifactOp]) -> None:
         """Queue artifact changes behind everything queued so far (uploads the uploader could not make)."""
@@ -510,6 +516,8 @@ class RunWriter:
                 self._transport.log_batch(self._run_id, tags=record.tags)
             if record.status:
                 self._transport.set_status(self._run_id, record.status, record.end_time)
+            if record.inputs:
+                self._transport.log_inputs(self._run_id, record.inputs)
             if record.artifact:
                 if self._artifacts is None:
                     raise DeliveryError("no artifact store to apply it to", Fault.ONE_RECORD)
@@ -518,7 +526,11 @@ class RunWriter:
             if exc.fault is not Fault.ONE_RECORD:
                 raise
             keys = [key for key, _ in record.params or record.tags] or [
-                record.artifact.describe() if record.artifact else f"status {record.status}"
+                record.artifact.describe()
+                if record.artifact
+                else f"datasets {[item['context'] for item in record.inputs]}"
+                if record.inputs
+                else f"status {record.status}"
             ]
             self._refuse(", ".join(repr(k) for k in keys[:5]), record.size, exc)
 

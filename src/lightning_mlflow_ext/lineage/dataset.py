@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
     # Only for the annotation: this module is imported while `import mlflow` is still running (see __init__).
     from mlflow import MlflowClient
 
-__all__ = ["LineageDataset", "dataset_source", "lineage_dataset", "log_datasets"]
+__all__ = [
+    "DatasetRecord",
+    "LineageDataset",
+    "dataset_input",
+    "dataset_records",
+    "dataset_source",
+    "lineage_dataset",
+    "log_datasets",
+]
 
 
 def dataset_source(fp: Fingerprint) -> DatasetSource:
@@ -78,6 +87,46 @@ def lineage_dataset(
     return LineageDataset(dataset_source(fp), name=split, fp=fp)
 
 
+#: One dataset input as plain JSON (what the journal keeps): the dataset's fields and its split as ``context``.
+DatasetRecord = dict[str, str]
+
+
+def dataset_records(
+    datasets: Mapping[str, str | os.PathLike[str] | Fingerprint], *, check_remote: bool = True
+) -> tuple[list[DatasetRecord], dict[str, Fingerprint]]:
+    """One dataset input per split (the split is its context), as plain records, and each split's fingerprint.
+
+    Building them reads git and DVC only; sending them is the run's writer's job.
+    """
+    built = {split: lineage_dataset(split, data, check_remote=check_remote) for split, data in datasets.items()}
+    records: list[DatasetRecord] = []
+    for split, dataset in built.items():
+        entity = dataset._to_mlflow_entity()
+        record = {
+            "name": entity.name,
+            "digest": entity.digest,
+            "source_type": entity.source_type,
+            "source": entity.source,
+            "context": split,
+        }
+        record.update({key: value for key, value in (("schema", entity.schema), ("profile", entity.profile)) if value})
+        records.append(record)
+    return records, {split: dataset.fingerprint for split, dataset in built.items()}
+
+
+def dataset_input(record: DatasetRecord) -> DatasetInput:
+    """The MLflow entity of a dataset record."""
+    dataset = DatasetEntity(
+        name=record["name"],
+        digest=record["digest"],
+        source_type=record["source_type"],
+        source=record["source"],
+        schema=record.get("schema"),
+        profile=record.get("profile"),
+    )
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, record["context"])])
+
+
 def log_datasets(
     client: MlflowClient,
     run_id: str,
@@ -86,15 +135,12 @@ def log_datasets(
     check_remote: bool = True,
 ) -> dict[str, Fingerprint]:
     """Log one dataset input per split (the context tag ``mlflow.data.context`` is the split name) in one
-    ``log_inputs`` request; return each split's fingerprint.
+    ``log_inputs`` request, right away; return each split's fingerprint. (A logger sends them through its
+    writer instead, so that they survive an outage.)
 
     Logging the same splits again is harmless: MLflow keeps one input per (name, digest).
     """
-    built = {split: lineage_dataset(split, data, check_remote=check_remote) for split, data in datasets.items()}
-    inputs = [
-        DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
-        for split, dataset in built.items()
-    ]
-    if inputs:
-        client.log_inputs(run_id, datasets=inputs)
-    return {split: dataset.fingerprint for split, dataset in built.items()}
+    records, fingerprints = dataset_records(datasets, check_remote=check_remote)
+    if records:
+        client.log_inputs(run_id, datasets=[dataset_input(record) for record in records])
+    return fingerprints
