@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np
 from lightning import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import TinyData, TinyModel, make_trainer
@@ -40,6 +41,9 @@ class EveryWrite(TinyModel):
         report = Path(f"report-{epoch}.txt")
         report.write_text(f"report of epoch {epoch}\n")
         self.logger.log_artifact(report, "reports")
+        pixels = np.full((4, 4, 3), 40 * epoch, dtype=np.uint8)
+        self.logger.log_image(pixels, "sample", step=epoch)  # MLflow's step-keyed images
+        self.logger.log_image(pixels, f"last-{epoch}")  # images/last-<epoch>.png
 
 
 def main() -> None:

@@ -69,7 +69,11 @@ def test_figures_images_tables_text_and_dicts(tracking_uri, client, experiment_n
 
     assert names(client, run_id, "figures/curve") == ["step_000000.png", "step_000001.png", "step_000002.png"]
     assert "grid.png" in names(client, run_id, "images")
-    assert len([n for n in names(client, run_id, "images") if n.startswith("sample")]) >= 3
+    samples = [n for n in names(client, run_id, "images") if n.startswith("sample+step+")]
+    # MLflow's step-keyed images: a PNG and the compressed WEBP its image grid reads, per step, and the run's tag.
+    assert sorted(n.split("+")[2] for n in samples if n.endswith("+compressed.webp")) == ["0", "1", "2"]
+    assert sorted(n.split("+")[2] for n in samples if n.endswith(".png")) == ["0", "1", "2"]
+    assert client.get_run(run_id).data.tags["mlflow.loggedImages"] == "True"
 
     def text(path: str) -> str:
         return Path(client.download_artifacts(run_id, path, str(tmp_path / "dl"))).read_text()

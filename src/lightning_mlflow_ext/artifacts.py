@@ -11,9 +11,11 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import sys
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
 
 from lightning_mlflow_ext.artifact_store import RunArtifacts, remove_staged
 from lightning_mlflow_ext.faults import Fault, classify_exception
@@ -190,13 +193,36 @@ class ArtifactUploader:
         self.submit(f"delete {artifact_path}", prepare)
 
     def log_image(self, image: Any, key: str | None, step: int | None, artifact_file: str | None) -> None:
-        def job() -> None:
-            if artifact_file is not None:
-                self._client.log_image(self._run_id, image, artifact_file=artifact_file)
-            else:
-                self._client.log_image(self._run_id, image, key=key, step=step, synchronous=True)
+        """An image (a numpy array) as ``artifact_file``, or as MLflow's step-keyed image files (the full PNG and
+        the compressed WEBP the UI's image grid reads) when given ``key`` and ``step``. Written on the worker,
+        stored like any file."""
+        if artifact_file is not None:
+            target = artifact_file
 
-        self._submit_direct(f"log image {key or artifact_file}", job)
+            def prepare() -> list[ArtifactOp]:
+                staged = self._staged(target)
+                convert_to_pil_image(image).save(staged)
+                return [ArtifactOp("put", str(staged), posixpath.dirname(target) or None)]
+
+            self.submit(f"log image {artifact_file}", prepare)
+            return
+        if key is None or not re.match(r"^[a-zA-Z0-9_\-./ ]+$", key):
+            raise ValueError(
+                f"image key {key!r}: MLflow's step-keyed images take alphanumerics, underscores, dashes, periods, "
+                "spaces and slashes only"
+            )
+        # MLflow's own file names, so its UI shows the images by key and step.
+        name = f"{key.replace('/', '~')}+step+{step or 0}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
+
+        def prepare_keyed() -> list[ArtifactOp]:
+            picture = convert_to_pil_image(image)
+            full = self._staged(name + ".png")
+            picture.save(full)
+            small = self._staged(name + "+compressed.webp")
+            compress_image_size(picture).save(small)
+            return [ArtifactOp("put", str(full), "images"), ArtifactOp("put", str(small), "images")]
+
+        self.submit(f"log image {key} at step {step}", prepare_keyed)
 
     def log_table(self, data: Any, artifact_file: str) -> None:
         self._submit_direct(

@@ -23,6 +23,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 from typing_extensions import override
 
 from lightning_mlflow_ext.artifacts import snapshot
@@ -193,6 +194,7 @@ class MLflowLogger(Logger):
         self._at_epoch_end = False
         self._epoch_axis_allowed = True
         self._interrupted = False
+        self._images_tagged = False
         self._axis_tags_sent: tuple[str, ...] | None = None
         self._auto_steps: dict[str, int] = {}
         self._changed_params: dict[str, str] = {}
@@ -454,6 +456,9 @@ class MLflowLogger(Logger):
             self._session.uploader.log_image(pixels, None, None, f"images/{key}.png")
         else:
             self._session.uploader.log_image(pixels, key, int(step), None)
+            if not self._images_tagged:  # what MLflow's UI looks for to show the run's image grid
+                self._session.set_tags({MLFLOW_LOGGED_IMAGES: "True"})
+                self._images_tagged = True
 
     @rank_zero_only
     def log_table(self, data: Any, artifact_file: str) -> None:
