@@ -171,7 +171,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger("lightning_mlflow_ext.logger").addFilter(_DropNoBridgeWarning())
+    logging.getLogger("lightning_mlflow_ext.trainer.logger").addFilter(_DropNoBridgeWarning())
 
 
 def db_point_counts(db_path: Path, run_id: str) -> dict[str, int]:

@@ -484,7 +484,7 @@ def run_text(client: Any, uri: str, run_id: str, folder: Path) -> dict[str, str]
 
 def sync_command(path: Path) -> list[str]:
     exe = shutil.which("lightning-mlflow")
-    head = [exe] if exe else [sys.executable, "-m", "lightning_mlflow_ext.cli"]
+    head = [exe] if exe else [sys.executable, "-m", "lightning_mlflow_ext.commands"]
     return [*head, "sync", str(path), "--timeout", str(int(SYNC_TIMEOUT_S))]
 
 
@@ -493,7 +493,7 @@ def fit_and_sync(plan: Plan, experiment: str, folder: Path, result: Result, text
     from tiny import TinyData, TinyModel, make_trainer
 
     from lightning_mlflow_ext import MLflowLogger
-    from lightning_mlflow_ext.journal import find_journals
+    from lightning_mlflow_ext.delivery.journal import find_journals
 
     save_dir = folder / "save_dir"
     logger = MLflowLogger(

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from tiny import TinyData, TinyModel
 
-from lightning_mlflow_ext.lightning_cli import MLflowSaveConfigCallback
+from lightning_mlflow_ext.trainer.cli import MLflowSaveConfigCallback
 
 QUIET_CPU = {
     "accelerator": "cpu",

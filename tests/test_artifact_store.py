@@ -16,9 +16,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from lightning_mlflow_ext.artifact_store import RunArtifacts
-from lightning_mlflow_ext.artifacts import UPLOAD_NICENESS, ArtifactUploader, snapshot
-from lightning_mlflow_ext.faults import DeliveryError, Fault
+from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
+from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault
+from lightning_mlflow_ext.delivery.uploader import UPLOAD_NICENESS, ArtifactUploader, snapshot
 
 
 def _run(client: MlflowClient, experiment_name: str) -> str:

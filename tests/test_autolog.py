@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowCallback, MLflowLogger, autolog
-from lightning_mlflow_ext.autologging import MLflowAutologCallback
+from lightning_mlflow_ext.trainer.autolog import MLflowAutologCallback
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def _autolog_off() -> Iterator[None]:
     yield
     # MLflow's own autolog sets its global tracking URI while it runs; later tests must not inherit it.
     tracking_utils._tracking_uri = global_uri
-    import lightning_mlflow_ext.autologging as autologging
+    import lightning_mlflow_ext.trainer.autolog as autologging
 
     autologging._options = None  # back to "the environment decides", as in a fresh process
     autologging._enabled = False

@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger
+from lightning_mlflow_ext.delivery.journal import Header, Journal, journal_path
+from lightning_mlflow_ext.delivery.transport import HttpTransport, make_transport
+from lightning_mlflow_ext.delivery.writer import RunWriter
 from lightning_mlflow_ext.errors import WriteRefusedError
-from lightning_mlflow_ext.journal import Header, Journal, journal_path
-from lightning_mlflow_ext.transport import HttpTransport, make_transport
-from lightning_mlflow_ext.writer import RunWriter
 
 STEPS = 16  # 2 epochs x 8 batches
 
@@ -100,7 +100,7 @@ def _fit_into_an_outage(server, experiment_name, tmp_path, caplog) -> tuple[MLfl
 
 def sync(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lightning_mlflow_ext.cli", "sync", str(path), "--timeout", "60"],
+        [sys.executable, "-m", "lightning_mlflow_ext.commands", "sync", str(path), "--timeout", "60"],
         capture_output=True,
         text=True,
         timeout=120,

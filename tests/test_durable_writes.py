@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from lightning_mlflow_ext.journal import find_journals
+from lightning_mlflow_ext.delivery.journal import find_journals
 
 SCRIPT = Path(__file__).with_name("durable_train.py")
 
@@ -40,7 +40,7 @@ def train(folder: Path, uri: str, experiment: str, *extra: str) -> subprocess.Co
 
 def sync(folder: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lightning_mlflow_ext.cli", "sync", str(folder), "--timeout", "60"],
+        [sys.executable, "-m", "lightning_mlflow_ext.commands", "sync", str(folder), "--timeout", "60"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from lightning_mlflow_ext import cli
+from lightning_mlflow_ext import commands
+from lightning_mlflow_ext.delivery.journal import Header, Journal, Record, find_journals, journal_path
 from lightning_mlflow_ext.errors import JournalCorruptError, JournalInUseError
-from lightning_mlflow_ext.journal import Header, Journal, Record, find_journals, journal_path
 
 T0 = 1_700_000_000_000  # a point's timestamp is T0 + step: the journal must keep it as queued
-JOURNAL_LOG = "lightning_mlflow_ext.journal"
+JOURNAL_LOG = "lightning_mlflow_ext.delivery.journal"
 
 
 @dataclass
@@ -56,7 +56,7 @@ def point(key: str, step: int) -> Record:
 
 
 def sync(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert cli.main(["sync", str(path), "--timeout", "30"]) == 0
+    assert commands.main(["sync", str(path), "--timeout", "30"]) == 0
     return capsys.readouterr().out
 
 
@@ -94,7 +94,7 @@ def test_a_torn_last_line_is_skipped_with_a_warning_and_the_rest_replayed(store,
 
 CHILD_WRITER = """
 import sys
-from lightning_mlflow_ext.journal import Header, Journal, Record, journal_path
+from lightning_mlflow_ext.delivery.journal import Header, Journal, Record, journal_path
 T0, (save_dir, run_id, uri) = int(sys.argv[1]), sys.argv[2:5]
 journal = Journal(journal_path(save_dir, run_id), Header(run_id, uri))
 for step in range(200):
@@ -218,7 +218,7 @@ def test_a_save_dir_that_is_a_file_loses_points_counted_never_raises(tmp_path, c
 
 CHILD_SIZE_LIMITED = """
 import json, logging, resource, sys
-from lightning_mlflow_ext.journal import Header, Journal, Record, journal_path
+from lightning_mlflow_ext.delivery.journal import Header, Journal, Record, journal_path
 logging.basicConfig(level=logging.WARNING)
 T0, (save_dir, run_id, uri) = int(sys.argv[1]), sys.argv[2:5]
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))  # writes past 4 KiB fail: EFBIG

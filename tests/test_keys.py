@@ -1,4 +1,4 @@
-"""Behaviour of lightning_mlflow_ext.keys: MLflow names, hyperparameter flattening and rendering, secrets."""
+"""Behaviour of lightning_mlflow_ext.values.keys: MLflow names, hyperparameter flattening and rendering, secrets."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_mlflow_ext.keys import (
+from lightning_mlflow_ext.values.keys import (
     MAX_ENTITY_KEY_LENGTH,
     MAX_PARAM_VAL_LENGTH,
     REDACTED,
@@ -37,7 +37,7 @@ from lightning_mlflow_ext.keys import (
     truncate_value,
 )
 
-KEYS_PY = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "keys.py"
+KEYS_PY = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "values" / "keys.py"
 
 
 def sha8(text: str) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 import mlflow
 import yaml
 
-from lightning_mlflow_ext.keys import DEFAULT_REDACTOR, REDACTED, Redactor
-from lightning_mlflow_ext.lightning_cli import _redact
+from lightning_mlflow_ext.trainer.cli import _redact
+from lightning_mlflow_ext.values.keys import DEFAULT_REDACTOR, REDACTED, Redactor
 
 SCRIPT = Path(__file__).with_name("cli_train.py")
 EXPERIMENT = "cli"

@@ -31,7 +31,7 @@ from lineage_repos import (
 )
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 
-from lightning_mlflow_ext.cli import main as cli_main
+from lightning_mlflow_ext.commands import main as cli_main
 from lightning_mlflow_ext.lineage import (
     DataPathNotFoundError,
     DVCDatasetSource,

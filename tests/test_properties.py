@@ -28,7 +28,7 @@ from omegaconf.errors import UnsupportedValueType
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger, autolog
-from lightning_mlflow_ext.keys import (
+from lightning_mlflow_ext.values.keys import (
     MAX_ENTITY_KEY_LENGTH,
     REDACTED,
     NameMapper,
@@ -41,7 +41,7 @@ from lightning_mlflow_ext.keys import (
     render_value,
 )
 
-KEYS_PY = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "keys.py"
+KEYS_PY = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "values" / "keys.py"
 
 # No example database: nothing is written into the checkout, and every run draws afresh.
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
@@ -521,7 +521,7 @@ def test_without_redact_only_the_built_in_words_are_hidden(sqlite_uri: str) -> N
 def autolog_reset() -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    import lightning_mlflow_ext.autologging as autologging
+    import lightning_mlflow_ext.trainer.autolog as autologging
 
     global_uri = tracking_utils._tracking_uri
     yield

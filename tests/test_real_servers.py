@@ -22,11 +22,11 @@ from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger
+from lightning_mlflow_ext.delivery.faults import Fault
+from lightning_mlflow_ext.delivery.journal import Header, Journal, find_journals, journal_path
+from lightning_mlflow_ext.delivery.transport import ClientTransport
+from lightning_mlflow_ext.delivery.writer import RunWriter
 from lightning_mlflow_ext.errors import CredentialsRefusedError, UntrustedCertificateError
-from lightning_mlflow_ext.faults import Fault
-from lightning_mlflow_ext.journal import Header, Journal, find_journals, journal_path
-from lightning_mlflow_ext.transport import ClientTransport
-from lightning_mlflow_ext.writer import RunWriter
 
 STEPS = 16  # 2 epochs x 8 batches: train_loss_step and train_mse at every step, val_loss and train_loss_epoch twice
 
@@ -60,7 +60,7 @@ def sync(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedP
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "lightning_mlflow_ext.cli", "sync", str(path), "--timeout", "60"],
+        [sys.executable, "-m", "lightning_mlflow_ext.commands", "sync", str(path), "--timeout", "60"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -331,7 +331,7 @@ def test_a_bug_is_reported_once_with_its_traceback_and_its_data_kept(tmp_path, c
 
 
 def test_fault_classes_of_real_answers(fault_proxy, experiment_name):
-    from lightning_mlflow_ext.faults import classify_response
+    from lightning_mlflow_ext.delivery.faults import classify_response
 
     assert classify_response("u", 401, "").fault is Fault.RUN_WIDE
     assert classify_response("u", 503, "").fault is Fault.TRANSIENT

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import DeletedExperimentError, MLflowLogger, RunNotFoundError
-from lightning_mlflow_ext.session import OWNER_TAG
+from lightning_mlflow_ext.run.session import OWNER_TAG
 
 
 def runs_in(client: MlflowClient, experiment_name: str) -> list[mlflow.entities.Run]:
@@ -361,11 +361,11 @@ def test_importing_the_package_leaves_the_root_logger_alone(tmp_path):
     # hide every warning of the process, this package's "points not delivered" included.
     code = (
         "import logging; from lightning_mlflow_ext import MLflowLogger, MLflowCallback, load_model\n"
-        "import lightning_mlflow_ext.logger, lightning_mlflow_ext.bridge\n"
-        "from lightning_mlflow_ext.models import mlflow_pytorch; mlflow_pytorch()\n"
+        "import lightning_mlflow_ext.trainer.logger, lightning_mlflow_ext.trainer.bridge\n"
+        "from lightning_mlflow_ext.run.models import mlflow_pytorch; mlflow_pytorch()\n"
         "root = logging.getLogger(); print(root.level, len(root.handlers))\n"
         "logging.basicConfig(level=logging.ERROR)  # what mlflow.pytorch.autolog's import does when it runs first\n"
-        "logging.getLogger('lightning_mlflow_ext.session').warning('still heard')\n"
+        "logging.getLogger('lightning_mlflow_ext.run.session').warning('still heard')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -391,7 +391,7 @@ def test_fitting_a_fixed_model_on_the_same_trainer_after_a_failure_starts_a_new_
 def test_a_trainer_without_the_bridge_is_reported_and_a_logger_without_trainer_is_not(
     tracking_uri, client, experiment_name, caplog
 ):
-    from lightning_mlflow_ext.bridge import MLflowTrainerBridge
+    from lightning_mlflow_ext.trainer.bridge import MLflowTrainerBridge
 
     logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
     trainer = make_trainer(logger, max_epochs=1)

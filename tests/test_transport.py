@@ -16,8 +16,8 @@ import pytest
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
-from lightning_mlflow_ext.faults import DeliveryError
-from lightning_mlflow_ext.transport import LOG_BATCH, Endpoint, HttpTransport
+from lightning_mlflow_ext.delivery.faults import DeliveryError
+from lightning_mlflow_ext.delivery.transport import LOG_BATCH, Endpoint, HttpTransport
 
 
 class Recorder(BaseHTTPRequestHandler):

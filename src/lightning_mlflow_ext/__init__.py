@@ -18,11 +18,11 @@ if logging.getLogger(__name__).level == logging.NOTSET:
     logging.getLogger(__name__).setLevel(logging.WARNING)
 
 _PUBLIC = {
-    "MLflowLogger": "lightning_mlflow_ext.logger",
-    "MLflowCallback": "lightning_mlflow_ext.callback",
-    "autolog": "lightning_mlflow_ext.autologging",
-    "load_checkpoint": "lightning_mlflow_ext.loading",
-    "load_model": "lightning_mlflow_ext.loading",
+    "MLflowLogger": "lightning_mlflow_ext.trainer.logger",
+    "MLflowCallback": "lightning_mlflow_ext.trainer.callback",
+    "autolog": "lightning_mlflow_ext.trainer.autolog",
+    "load_checkpoint": "lightning_mlflow_ext.run.loading",
+    "load_model": "lightning_mlflow_ext.run.loading",
     "DeletedExperimentError": "lightning_mlflow_ext.errors",
     "DeletedRunError": "lightning_mlflow_ext.errors",
     "InvalidArtifactPathError": "lightning_mlflow_ext.errors",
@@ -33,8 +33,6 @@ _PUBLIC = {
 }
 
 if TYPE_CHECKING:
-    from lightning_mlflow_ext.autologging import autolog
-    from lightning_mlflow_ext.callback import MLflowCallback
     from lightning_mlflow_ext.errors import (
         DeletedExperimentError,
         DeletedRunError,
@@ -44,8 +42,10 @@ if TYPE_CHECKING:
         TrackingServerUnavailableError,
         WriteRefusedError,
     )
-    from lightning_mlflow_ext.loading import load_checkpoint, load_model
-    from lightning_mlflow_ext.logger import MLflowLogger
+    from lightning_mlflow_ext.run.loading import load_checkpoint, load_model
+    from lightning_mlflow_ext.trainer.autolog import autolog
+    from lightning_mlflow_ext.trainer.callback import MLflowCallback
+    from lightning_mlflow_ext.trainer.logger import MLflowLogger
 
 
 def __getattr__(name: str) -> Any:

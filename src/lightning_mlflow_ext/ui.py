@@ -5,7 +5,7 @@ Used by the quickstart, the CLI and notebooks.
 
 from __future__ import annotations
 
-from lightning_mlflow_ext.tracking import is_http
+from lightning_mlflow_ext.run.tracking import is_http
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str, ui_url: str = "http://127.0.0.1:5000") -> str:

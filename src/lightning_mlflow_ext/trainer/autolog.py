@@ -15,10 +15,10 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_mlflow_ext.bridge import MLflowTrainerBridge
-from lightning_mlflow_ext.callback import MLflowCallback
-from lightning_mlflow_ext.logger import MLflowLogger
-from lightning_mlflow_ext.summaries import trainer_callbacks
+from lightning_mlflow_ext.trainer.bridge import MLflowTrainerBridge
+from lightning_mlflow_ext.trainer.callback import MLflowCallback
+from lightning_mlflow_ext.trainer.logger import MLflowLogger
+from lightning_mlflow_ext.trainer.summaries import trainer_callbacks
 
 ENV_VAR = "LIGHTNING_MLFLOW_AUTOLOG"
 _CALLBACK_OPTIONS = {

@@ -26,12 +26,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 from typing_extensions import override
 
-from lightning_mlflow_ext.artifacts import snapshot
-from lightning_mlflow_ext.axes import EPOCH_KEY, StepAxes, StepAxis
-from lightning_mlflow_ext.checkpoints import PARTIAL_TAG, CheckpointMirror
-from lightning_mlflow_ext.coexist import mute_mlflow_autolog_metrics
+from lightning_mlflow_ext.delivery.uploader import snapshot
+from lightning_mlflow_ext.delivery.writer import TAIL_POINTS, MetricPoint
 from lightning_mlflow_ext.errors import LightningMLflowError
-from lightning_mlflow_ext.keys import (
+from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
+from lightning_mlflow_ext.run.models import BEST_ALIAS, log_best_model
+from lightning_mlflow_ext.run.session import PARK_RESERVE_S, TAG_PREFIX, FinalStatus, RunSession
+from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
+from lightning_mlflow_ext.trainer.checkpoints import PARTIAL_TAG, CheckpointMirror
+from lightning_mlflow_ext.trainer.coexist import mute_mlflow_autolog_metrics
+from lightning_mlflow_ext.trainer.summaries import trainer_callbacks
+from lightning_mlflow_ext.values.axes import EPOCH_KEY, StepAxes, StepAxis
+from lightning_mlflow_ext.values.keys import (
     NameMapper,
     Redactor,
     RedactPatterns,
@@ -41,13 +47,7 @@ from lightning_mlflow_ext.keys import (
     strip_url_credentials,
     truncate_value,
 )
-from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
-from lightning_mlflow_ext.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
-from lightning_mlflow_ext.models import BEST_ALIAS, log_best_model
-from lightning_mlflow_ext.session import PARK_RESERVE_S, TAG_PREFIX, FinalStatus, RunSession
-from lightning_mlflow_ext.summaries import trainer_callbacks
-from lightning_mlflow_ext.tracking import local_store_path, resolve_tracking_uri
-from lightning_mlflow_ext.writer import TAIL_POINTS, MetricPoint
+from lightning_mlflow_ext.values.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -530,7 +530,8 @@ class MLflowLogger(Logger):
                 "no-bridge",
                 "MLflowLogger never saw the Trainer: Lightning did not load this package's callbacks_factory "
                 "entry point (is lightning-mlflow-ext pip-installed?). Epoch-level metrics were recorded at the "
-                "global step; add lightning_mlflow_ext.bridge.MLflowTrainerBridge() to the Trainer's callbacks.",
+                "global step; add lightning_mlflow_ext.trainer.bridge.MLflowTrainerBridge() to the Trainer's "
+                "callbacks.",
             )
         elif self._trainer is not None and self._trainer.state.fn == "fit":
             self._fit_ended = True
@@ -653,7 +654,7 @@ class MLflowLogger(Logger):
             self._note_exception(exc)
         self.finalize("success" if exc is None else "failed")
 
-    # ---- called by the bridge callback (lightning_mlflow_ext.bridge) ----------------------------
+    # ---- called by the bridge callback (lightning_mlflow_ext.trainer.bridge) ----------------------------
 
     def _bind_trainer(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lightning_mlflow_ext.artifacts import ArtifactUploader, snapshot
-from lightning_mlflow_ext.session import TAG_PREFIX
+from lightning_mlflow_ext.delivery.uploader import ArtifactUploader, snapshot
+from lightning_mlflow_ext.run.session import TAG_PREFIX
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint

@@ -17,10 +17,10 @@ from typing import Protocol, TypeVar
 
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
+from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault, classify_exception
+from lightning_mlflow_ext.delivery.journal import ArtifactOp, Journal, Record
+from lightning_mlflow_ext.delivery.transport import KeyValue, MetricPoint, Transport
 from lightning_mlflow_ext.errors import WriteRefusedError
-from lightning_mlflow_ext.faults import DeliveryError, Fault, classify_exception
-from lightning_mlflow_ext.journal import ArtifactOp, Journal, Record
-from lightning_mlflow_ext.transport import KeyValue, MetricPoint, Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -15,13 +15,13 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from lightning_mlflow_ext.delivery.faults import TLS_ADVICE, DeliveryError, Fault, classify_exception, classify_response
 from lightning_mlflow_ext.errors import (
     CredentialsRefusedError,
     LightningMLflowError,
     TrackingServerUnavailableError,
     UntrustedCertificateError,
 )
-from lightning_mlflow_ext.faults import TLS_ADVICE, DeliveryError, Fault, classify_exception, classify_response
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
@@ -63,7 +63,7 @@ def probe_server(tracking_uri: str, wait: float) -> None:
     """
     if not is_http(tracking_uri):
         return
-    from lightning_mlflow_ext.transport import Endpoint  # transport imports this module
+    from lightning_mlflow_ext.delivery.transport import Endpoint  # transport imports this module
 
     endpoint = Endpoint(tracking_uri)
     deadline = time.monotonic() + max(wait, 0.0)

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from mlflow import MlflowClient
 
 from lightning_mlflow_ext import __version__
-from lightning_mlflow_ext.artifact_store import RunArtifacts
+from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
+from lightning_mlflow_ext.delivery.journal import Journal, find_journals
+from lightning_mlflow_ext.delivery.transport import make_transport
+from lightning_mlflow_ext.delivery.writer import RunWriter
 from lightning_mlflow_ext.errors import JournalCorruptError, JournalInUseError
-from lightning_mlflow_ext.journal import Journal, find_journals
-from lightning_mlflow_ext.tracking import resolve_tracking_uri
-from lightning_mlflow_ext.transport import make_transport
+from lightning_mlflow_ext.run.tracking import resolve_tracking_uri
 from lightning_mlflow_ext.ui import run_link
-from lightning_mlflow_ext.writer import RunWriter
 
 
 def _show(args: argparse.Namespace) -> int:

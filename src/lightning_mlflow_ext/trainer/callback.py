@@ -16,9 +16,8 @@ from typing_extensions import override
 
 from lightning_mlflow_ext.lineage.errors import LineageError
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint, fingerprint
-from lightning_mlflow_ext.logger import MLflowLogger
-from lightning_mlflow_ext.media import artifact_path
-from lightning_mlflow_ext.summaries import (
+from lightning_mlflow_ext.trainer.logger import MLflowLogger
+from lightning_mlflow_ext.trainer.summaries import (
     early_stopping_outcome,
     early_stopping_settings,
     learning_rates,
@@ -28,7 +27,8 @@ from lightning_mlflow_ext.summaries import (
     trainer_callbacks,
     trainer_settings,
 )
-from lightning_mlflow_ext.system_metrics import SystemMetrics
+from lightning_mlflow_ext.trainer.system_metrics import SystemMetrics
+from lightning_mlflow_ext.values.media import artifact_path
 
 log = logging.getLogger(__name__)
 

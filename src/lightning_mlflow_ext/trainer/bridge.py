@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_mlflow_ext.logger import CHECKPOINT_KEY, MLflowLogger
+from lightning_mlflow_ext.trainer.logger import CHECKPOINT_KEY, MLflowLogger
 
 
 def _mlflow_loggers(trainer: pl.Trainer) -> list[MLflowLogger]:

@@ -28,8 +28,8 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-from lightning_mlflow_ext.faults import classify_exception, classify_response
-from lightning_mlflow_ext.tracking import is_http
+from lightning_mlflow_ext.delivery.faults import classify_exception, classify_response
+from lightning_mlflow_ext.run.tracking import is_http
 
 #: A metric point: (key, value, timestamp in ms, step).
 MetricPoint = tuple[str, float, int, int]

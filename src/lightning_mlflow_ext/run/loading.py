@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 
-from lightning_mlflow_ext.checkpoints import ROOT
 from lightning_mlflow_ext.errors import LightningMLflowError
-from lightning_mlflow_ext.session import TAG_PREFIX
-from lightning_mlflow_ext.tracking import resolve_tracking_uri
+from lightning_mlflow_ext.run.session import TAG_PREFIX
+from lightning_mlflow_ext.run.tracking import resolve_tracking_uri
+from lightning_mlflow_ext.trainer.checkpoints import ROOT
 
 M = TypeVar("M")
 

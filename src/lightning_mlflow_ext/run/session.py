@@ -26,21 +26,21 @@ from mlflow.tracking.context.git_context import GitRunContext
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from lightning_mlflow_ext.artifact_store import RunArtifacts
-from lightning_mlflow_ext.artifacts import ArtifactUploader
+from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
+from lightning_mlflow_ext.delivery.journal import Header, Journal, journal_path
+from lightning_mlflow_ext.delivery.transport import MetricPoint, make_transport
+from lightning_mlflow_ext.delivery.uploader import ArtifactUploader
+from lightning_mlflow_ext.delivery.writer import DeliveryReport, RunWriter
 from lightning_mlflow_ext.errors import (
     DeletedExperimentError,
     DeletedRunError,
     LightningMLflowError,
     RunNotFoundError,
 )
-from lightning_mlflow_ext.journal import Header, Journal, journal_path
 from lightning_mlflow_ext.lineage.dataset import dataset_records
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.lineage.git import code_diff, code_state, untracked_files
-from lightning_mlflow_ext.tracking import probe_server, refusals_explained
-from lightning_mlflow_ext.transport import MetricPoint, make_transport
-from lightning_mlflow_ext.writer import DeliveryReport, RunWriter
+from lightning_mlflow_ext.run.tracking import probe_server, refusals_explained
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from lightning_mlflow_ext.urls import strip_url_credentials
+from lightning_mlflow_ext.run.urls import strip_url_credentials
 
 __all__ = [
     "DEFAULT_REDACTOR",

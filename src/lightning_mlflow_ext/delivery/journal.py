@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_mlflow_ext.delivery.transport import KeyValue, MetricPoint
 from lightning_mlflow_ext.errors import JournalCorruptError, JournalInUseError
-from lightning_mlflow_ext.transport import KeyValue, MetricPoint
 
 try:
     import fcntl

@@ -26,9 +26,9 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
 
-from lightning_mlflow_ext.artifact_store import RunArtifacts, remove_staged
-from lightning_mlflow_ext.faults import Fault, classify_exception
-from lightning_mlflow_ext.journal import ArtifactOp
+from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts, remove_staged
+from lightning_mlflow_ext.delivery.faults import Fault, classify_exception
+from lightning_mlflow_ext.delivery.journal import ArtifactOp
 
 log = logging.getLogger(__name__)
 
