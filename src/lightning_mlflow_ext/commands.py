@@ -54,24 +54,30 @@ def _sync(args: argparse.Namespace) -> int:
             failed += 1
             print(f"lightning-mlflow sync: {exc}", file=sys.stderr)
             continue
-        uri = resolve_tracking_uri(args.tracking_uri or journal.header.tracking_uri)
-        points = journal.pending_points()
-        client = MlflowClient(uri)
-        run_id = journal.header.run_id
-        writer = RunWriter(make_transport(uri, client), run_id, journal, artifacts=RunArtifacts(client, run_id, uri))
-        report = writer.flush(args.timeout)
-        if report.pending:
-            writer.park()
-            failed += 1
-            why = report.halted or f"{uri} did not take them within {args.timeout:.0f} s"
-            run_id = journal.header.run_id
-            print(f"run {run_id}: {report.pending} of {points} points still pending ({why}); they stay in {path}")
-        else:
-            print(f"run {journal.header.run_id}: delivered {points - report.rejected} points to {uri}")
-        for error in report.errors:
-            print(f"  refused: {error}")
-        journal.close()
+        try:
+            failed += 0 if _deliver_journal(journal, args.tracking_uri, args.timeout) else 1
+        finally:
+            journal.close()
     return 1 if failed else 0
+
+
+def _deliver_journal(journal: Journal, tracking_uri: str | None, timeout: float) -> bool:
+    """Deliver one journal file, in order; True when nothing is left in it."""
+    uri = resolve_tracking_uri(tracking_uri or journal.header.tracking_uri)
+    run_id = journal.header.run_id
+    points = journal.pending_points()
+    client = MlflowClient(uri)
+    writer = RunWriter(make_transport(uri, client), run_id, journal, artifacts=RunArtifacts(client, run_id, uri))
+    report = writer.flush(timeout)
+    for error in report.errors:
+        print(f"  refused: {error}")
+    if report.pending:
+        writer.park()
+        why = report.halted or f"{uri} did not take them within {timeout:.0f} s"
+        print(f"run {run_id}: {report.pending} of {points} points still pending ({why}); they stay in {journal.path}")
+        return False
+    print(f"run {run_id}: delivered {points - report.rejected} points to {uri}")
+    return True
 
 
 def _lineage(args: argparse.Namespace) -> int:

@@ -82,8 +82,16 @@ class RunArtifacts:
             return
         local = Path(op.path)
         if not local.is_file():
-            raise DeliveryError(f"the staged copy {local} is gone; {op.describe()} cannot be made", Fault.ONE_RECORD)
-        self.log_file(local, op.artifact_dir)
+            raise DeliveryError(
+                f"the staged copy {local} is gone (stored already, or removed); {op.describe()} is skipped",
+                Fault.ONE_RECORD,
+            )
+        try:
+            self.log_file(local, op.artifact_dir)
+        except DeliveryError as exc:
+            if exc.fault is Fault.ONE_RECORD:  # refused for good: the staged copy is of no more use
+                remove_staged(local)
+            raise
         remove_staged(local)
 
     def abort(self) -> None:

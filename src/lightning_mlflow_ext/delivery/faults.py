@@ -65,6 +65,7 @@ _TRANSIENT_CODES = frozenset(
 _CREDENTIAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "UNAUTHORIZED"})
 #: A store's words for "this run (or its experiment) is gone": nothing more can be written into it.
 _RUN_GONE = re.compile(r"must be in the 'active' state|Run with id=\S+ not found|No Experiment with id", re.I)
+_DATABASE_TROUBLE = re.compile(r"sqlalchemy|QueuePool|connection (was )?closed|could not connect|PendingRollback", re.I)
 _RUN_GONE_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE"})
 
 
@@ -141,6 +142,9 @@ def classify_response(
     if status == 429 or status >= 500 or code in _TRANSIENT_CODES:
         wait = retry_after_seconds((headers or {}).get("Retry-After"))
         return DeliveryError(f"{where}: {message}", Fault.TRANSIENT, status=status, retry_after=wait)
+    if code == "BAD_REQUEST" and _DATABASE_TROUBLE.search(message):
+        # MLflow reports most database errors (a full connection pool, a dropped connection) as a bad request.
+        return DeliveryError(f"{where}: {message}", Fault.TRANSIENT, status=status)
     if code in _RUN_GONE_CODES and _RUN_GONE.search(message):
         advice = "restore the run or its experiment (`mlflow runs restore`, `mlflow experiments restore`)"
         return DeliveryError(f"{where}: {message}", Fault.RUN_WIDE, status=status, advice=advice)
@@ -161,8 +165,18 @@ def classify_exception(tracking_uri: str, exc: BaseException) -> DeliveryError:
         return DeliveryError(
             f"{tracking_uri}: the server's TLS certificate is not trusted ({exc})", Fault.RUN_WIDE, advice=TLS_ADVICE
         )
+    closed = (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLSyscallError)  # the peer went away: transient
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, closed):
+        advice = TLS_ADVICE + "; or the URI says https where the server speaks plain http"
+        return DeliveryError(f"{tracking_uri}: TLS failed ({exc})", Fault.RUN_WIDE, advice=advice)
     if isinstance(exc, MlflowException):
         return _classify_mlflow(tracking_uri, exc)
+    if isinstance(exc, PermissionError):
+        advice = f"this process may not write to {exc.filename or 'the artifact location'}: fix its permissions"
+        return DeliveryError(f"{tracking_uri}: {exc}", Fault.RUN_WIDE, advice=advice)
+    cloud = _cloud_fault(tracking_uri, exc)
+    if cloud is not None:
+        return cloud
     if isinstance(exc, (OSError, http.client.HTTPException, requests.RequestException, TimeoutError)):
         return DeliveryError(f"{tracking_uri} unreachable: {type(exc).__name__}: {exc}", Fault.TRANSIENT)
     if type(exc).__module__.split(".")[0] in ("sqlalchemy", "sqlite3", "psycopg", "psycopg2", "pymysql"):
@@ -181,3 +195,39 @@ def _classify_mlflow(tracking_uri: str, exc: MlflowException) -> DeliveryError:
         status = 403 if code == "PERMISSION_DENIED" else 401
     text = json.dumps({"error_code": code, "message": exc.message})
     return classify_response(tracking_uri, status, text)
+
+
+#: Cloud storage SDKs (artifacts on S3, GCS, Azure) raise their own exceptions, none an OSError.
+_CLOUD_MODULES = frozenset({"botocore", "boto3", "s3transfer", "google", "azure"})
+_CLOUD_CREDENTIAL_CODES = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "AuthorizationFailure",
+        "AuthenticationFailed",
+    }
+)
+
+
+def _cloud_fault(tracking_uri: str, exc: BaseException) -> DeliveryError | None:
+    """A cloud SDK's error, judged by its HTTP status and error code: refused credentials are run-wide,
+    everything else (throttling, 5xx, a dropped connection) is transient."""
+    if type(exc).__module__.split(".")[0] not in _CLOUD_MODULES:
+        return None
+    response = getattr(exc, "response", None)
+    status: object = getattr(exc, "status_code", None) or getattr(exc, "code", None)
+    code = ""
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", status)
+        code = str(response.get("Error", {}).get("Code", ""))
+    if status in (401, 403) or code in _CLOUD_CREDENTIAL_CODES:
+        advice = (
+            "the artifact store refused the cloud credentials: renew them (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, "
+            "AZURE_STORAGE_*)"
+        )
+        return DeliveryError(f"{tracking_uri}: {type(exc).__name__}: {exc}", Fault.RUN_WIDE, advice=advice)
+    return DeliveryError(f"{tracking_uri}: {type(exc).__name__}: {exc}", Fault.TRANSIENT)

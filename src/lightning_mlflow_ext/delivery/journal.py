@@ -168,6 +168,9 @@ class Journal:
         self._cursor = 0  # byte offset of the first record not yet delivered
         self._pending = 0  # records after the cursor
         self._pending_points = 0
+        #: Points this journal stopped holding because another process (``lightning-mlflow sync``) took its file
+        #: over: delivered from there, so a writer counts them done.
+        self.handed_over_points = 0
         # Offsets move when the file is rewritten or changes hands: a peek from before then can't be advanced.
         self._generation = 0
         self._peeked: tuple[int, int, int, int] | None = None  # generation, end offset, records, points
@@ -252,7 +255,9 @@ class Journal:
             self._pending_points += points
 
     def peek(self, limit: int) -> tuple[list[Record], int]:
-        """Up to ``limit`` records from the cursor, and the offset just past them."""
+        """Up to ``limit`` records from the cursor, and the offset just past them. A group ends after an artifact
+        change: it is made once, so it is marked delivered on its own (a group cut short is sent again whole,
+        and a delete made again could remove a newer file put there since)."""
         with self._lock:
             records: list[Record] = []
             end = self._cursor
@@ -264,7 +269,7 @@ class Journal:
                     records.append(record)
                     end = past
                     points += record.size
-                    if len(records) >= limit:
+                    if len(records) >= limit or record.artifact is not None:
                         break
             except OSError as exc:
                 self._cannot_read(exc)
@@ -406,6 +411,7 @@ class Journal:
 
     def _adopt(self) -> None:
         """Count the records in the locked file as this journal's pending writes; end a cut last line."""
+        before = self._pending_points
         self._reset(cursor=0)
         self._pending = self._pending_points = 0
         with self.path.open("rb") as handle:
@@ -420,6 +426,8 @@ class Journal:
                 if record is not None:
                     self._pending += 1
                     self._pending_points += record.size
+        # What another process delivered from this file meanwhile is no longer this journal's to deliver.
+        self.handed_over_points += max(before - self._pending_points, 0)
         if self._needs_newline:
             # This process's records must start on a line of their own, or the cut one would swallow the first.
             try:
@@ -496,6 +504,7 @@ class Journal:
         """Another process owns the file now, with the writes in it: start afresh at this journal's own name."""
         self._close_fd()
         self._parked = None
+        self.handed_over_points += self._pending_points
         self._pending = self._pending_points = 0
         self.path = self._home
         self._reset(cursor=0)

@@ -180,6 +180,7 @@ class _Connection:
             if creds.client_cert_path:
                 self._context.load_cert_chain(creds.client_cert_path)
         self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False
 
     def request(
         self, method: str, endpoint: str, body: bytes | None, headers: Mapping[str, str], timeout: float
@@ -202,6 +203,7 @@ class _Connection:
     def _exchange(
         self, method: str, endpoint: str, body: bytes | Path | None, headers: Mapping[str, str], timeout: float
     ) -> Answer:
+        self._aborted = False
         for attempt in (1, 2):
             conn = self._connect(timeout)
             try:
@@ -213,7 +215,7 @@ class _Connection:
                 text = response.read().decode("utf-8", "replace")
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 self.close()
-                if attempt == 2:
+                if attempt == 2 or self._aborted:  # cut off on purpose: not a stale connection to retry
                     raise
                 continue  # the server closed a kept-alive connection between two requests: open a new one
             except BaseException:
@@ -231,6 +233,7 @@ class _Connection:
 
     def abort(self) -> None:
         """From another thread: shut the socket down so a blocked send or receive fails at once."""
+        self._aborted = True
         conn = self._conn
         sock = conn.sock if conn is not None else None
         if sock is not None:

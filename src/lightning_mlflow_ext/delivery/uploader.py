@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mlflow import MlflowClient
 from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
@@ -119,6 +119,8 @@ class ArtifactUploader:
         self._handing_off = False  # a run-wide fault or a bug: every change goes to the writer from now on
         self._parked = threading.Event()
         self._retry_now = threading.Event()
+        self._current: list[ArtifactOp] = []  # what is left of the change being made (guarded by _cond)
+        self._abandoned = False  # park() took the worker's work over (guarded by _cond)
 
     # ---- training-thread side ----------------------------------------------------------------
 
@@ -265,7 +267,31 @@ class ArtifactUploader:
         self._artifacts.abort()
         thread.join(timeout)
         if thread.is_alive():
-            log.warning("MLflow run %s: an upload did not stop within %.0f s", self._run_id, timeout)
+            self._take_over()
+
+    def _take_over(self) -> None:
+        """The worker is stuck (an upload that cannot be cut off, a large file being hashed): hand over, from this
+        thread and in order, the rest of the change in progress and every queued one. The worker then drops what
+        it was doing; a change made twice is harmless (a file put again overwrites itself)."""
+        log.warning("MLflow run %s: an upload did not stop in time; it is handed to the journal", self._run_id)
+        with self._cond:
+            self._abandoned = True
+            ops = list(self._current)
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            self._done += len(jobs)
+            self._cond.notify_all()
+        for description, job, durable in jobs:
+            if not durable:
+                with self._cond:
+                    self._report.failed.append(f"{description}: not made, the run ended with the store unreachable")
+                continue
+            try:
+                ops.extend(cast(Prepare, job)())
+            except Exception as exc:
+                log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
+        if ops:
+            self._hand_off(ops)
 
     # ---- worker side --------------------------------------------------------------------------
 
@@ -283,7 +309,7 @@ class ArtifactUploader:
                 if not durable and self._parked.is_set():
                     raise RuntimeError("not made: the run ended while the store did not take uploads")
                 if durable:
-                    self._make(job())  # type: ignore[arg-type]
+                    self._make(cast(Prepare, job)())
                 else:
                     job()
             except Exception as exc:  # local work failed (a file gone, a full disk): the ones after it go on
@@ -296,7 +322,15 @@ class ArtifactUploader:
 
     def _make(self, ops: list[ArtifactOp]) -> None:
         for index, op in enumerate(ops):
-            if self._handing_off or self._parked.is_set() or not self._apply(op):
+            with self._cond:
+                self._current = ops[index:]
+            applied = not (self._handing_off or self._parked.is_set()) and self._apply(op)
+            with self._cond:
+                self._current = []
+                if self._abandoned:  # park() handed this over meanwhile
+                    self._abandoned = False
+                    return
+            if not applied:
                 self._hand_off(ops[index:])
                 return
 

@@ -38,6 +38,9 @@ TAIL_MIN_BATCH = 50
 TAIL_POINTS = MAX_METRICS_PER_BATCH
 
 
+#: At exit, how long a store that refuses writes is waited for before what is left goes to the journal.
+AT_EXIT_PATIENCE_S = 2.0
+
 #: How long the store may refuse writes (transient faults) before the user is warned.
 UNREACHABLE_WARN_S = 5.0
 
@@ -100,6 +103,9 @@ class ArtifactSender(Protocol):
 
     def apply(self, op: ArtifactOp) -> None: ...
 
+    def abort(self) -> None:
+        """Cut off an upload in flight on another thread."""
+
 
 class RunWriter:
     """Delivers one run's writes in order; nothing is dropped silently and nothing is sent twice.
@@ -139,6 +145,7 @@ class RunWriter:
         self._spilling = journal.pending > 0  # writes already journaled are older than anything new
         self._inflight: deque[Record] = deque()
         self._inflight_from_journal = False
+        self._handed_over_seen = 0  # of the journal's handed_over_points, what _done already counts
         self._sending: list[Record] = []  # the metrics request being sent (taken off _inflight)
         # Progress is counted in points (a status change counts one), which splitting a record preserves.
         self._enqueued = journal.pending_points() if journal.pending else 0
@@ -270,34 +277,44 @@ class RunWriter:
                     # Tried again since this flush began, and still refused: nothing will be delivered until a
                     # person acts, so waiting longer would only hold the fit.
                     break
-                if unless_unreachable and self._unreachable_since is not None:
-                    break
+                if (
+                    unless_unreachable
+                    and self._unreachable_since is not None
+                    and time.monotonic() - self._unreachable_since > AT_EXIT_PATIENCE_S
+                ):
+                    break  # at exit, a store that stays unreachable is not waited for; a blip is
                 self._progress.wait(1.0 if remaining is None else min(remaining, 1.0))
         return self._take_report(target)
 
     def park(self, timeout: float = 30.0) -> DeliveryReport:
         """Stop the worker and put everything undelivered in the journal, in order. The next write restarts it."""
         thread = self._thread
-        if thread is not None and thread.is_alive():
+        alive = thread is not None and thread.is_alive()
+        if thread is not None and alive:
             self._park.set()
             self._wake.set()
             self._retry_now.set()
             self._transport.abort()  # a request in flight fails now instead of at its timeout
+            if self._artifacts is not None:
+                self._artifacts.abort()
             thread.join(timeout)
-            if thread.is_alive():
-                # A request that cannot be interrupted still hangs: journal what waits anyway. If that request
-                # lands after all, its points are in the store and the journal both; replaying them later is
-                # harmless (same key, value, step and timestamp: the store keeps one point).
+            alive = thread.is_alive()
+            if alive:
+                # A request that cannot be interrupted still hangs: journal what waits anyway, the request in
+                # flight included. If it lands after all, replaying it later is harmless (the store keeps one
+                # point per key, value, step and timestamp; a file put again overwrites itself).
                 log.warning("MLflow run %s: a request to the store did not stop within %.0f s", self._run_id, timeout)
         with self._lock:
-            front = [] if self._inflight_from_journal else list(self._inflight)
+            front = [] if self._inflight_from_journal else [*self._sending, *self._inflight]
             front.extend(self._queue)
             self._inflight.clear()
+            self._sending = []
             self._queue.clear()
             self._queued_points = 0
             self._to_journal(self._journal.prepend, front)
             self._spilling = self._journal.pending > 0
-            self._park.clear()
+            if not alive:  # a worker still hanging in a request stops at its next check, and starts nothing
+                self._park.clear()
         return self._take_report()
 
     def _to_journal(self, write: Callable[[list[Record]], None], records: list[Record]) -> None:
@@ -308,6 +325,15 @@ class RunWriter:
         lost = self._journal.lost_points - lost_before
         if lost:
             self._done += lost
+            self._progress.notify_all()
+        self._count_handed_over()
+
+    def _count_handed_over(self) -> None:
+        """Points another process delivered from this run's journal count as done here (caller holds the lock)."""
+        taken = self._journal.handed_over_points - self._handed_over_seen
+        if taken:
+            self._handed_over_seen += taken
+            self._done += taken
             self._progress.notify_all()
 
     def discard(self) -> None:
@@ -334,6 +360,7 @@ class RunWriter:
     # ---- worker side ----------------------------------------------------------------------------
 
     def _start(self) -> None:
+        self._park.clear()  # any earlier worker has ended: a park it did not see through is over
         self._thread = threading.Thread(target=self._run, name=f"mlflow-writer-{self._run_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -411,6 +438,8 @@ class RunWriter:
                     return
                 continue
             journaled, offset = self._journal.peek(200)
+            with self._lock:
+                self._count_handed_over()
             if journaled:
                 if not self._deliver(journaled, journal_offset=offset):
                     return
@@ -485,7 +514,9 @@ class RunWriter:
                 continue
             if not self._with_retries(self._send_other, head):
                 return False
-            self._inflight.popleft()
+            with self._lock:
+                if self._inflight and self._inflight[0] is head:  # a park may have journaled it meanwhile
+                    self._inflight.popleft()
             self._count_sent(head.size)
         return not self._inflight
 
@@ -548,7 +579,7 @@ class RunWriter:
                     return False
                 self._note_unreachable(fault)
                 if fault.retry_after is not None:  # the server said when: only parking cuts that short
-                    if self._park.wait(fault.retry_after):
+                    if self._park.wait(max(fault.retry_after, delay)):
                         return False
                 else:
                     # A flush (the end of a stage) retries at once: the store may be back before the backoff ends.

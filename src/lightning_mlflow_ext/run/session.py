@@ -488,7 +488,7 @@ class RunSession:
             # Its own RunArtifacts: a connection serves one thread, and the writer's serves journaled changes.
             artifacts = RunArtifacts(self.client, run_id, self.tracking_uri)
             self._uploader = ArtifactUploader(
-                self.client, run_id, artifacts, staging, hand_off=lambda ops: self.writer.change_artifacts(ops)
+                self.client, run_id, artifacts, staging, hand_off=self.writer.change_artifacts  # this run's writer
             )
         self._fresh = False
         return self._uploader
