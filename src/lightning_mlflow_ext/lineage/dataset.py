@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DatasetRecord",
     "LineageDataset",
-    "dataset_input",
     "dataset_records",
     "dataset_source",
     "lineage_dataset",
@@ -91,6 +89,12 @@ def lineage_dataset(
 DatasetRecord = dict[str, str]
 
 
+def _built(
+    datasets: Mapping[str, str | os.PathLike[str] | Fingerprint], check_remote: bool
+) -> dict[str, LineageDataset]:
+    return {split: lineage_dataset(split, data, check_remote=check_remote) for split, data in datasets.items()}
+
+
 def dataset_records(
     datasets: Mapping[str, str | os.PathLike[str] | Fingerprint], *, check_remote: bool = True
 ) -> tuple[list[DatasetRecord], dict[str, Fingerprint]]:
@@ -98,7 +102,7 @@ def dataset_records(
 
     Building them reads git and DVC only; sending them is the run's writer's job.
     """
-    built = {split: lineage_dataset(split, data, check_remote=check_remote) for split, data in datasets.items()}
+    built = _built(datasets, check_remote)
     records: list[DatasetRecord] = []
     for split, dataset in built.items():
         entity = dataset._to_mlflow_entity()
@@ -114,19 +118,6 @@ def dataset_records(
     return records, {split: dataset.fingerprint for split, dataset in built.items()}
 
 
-def dataset_input(record: DatasetRecord) -> DatasetInput:
-    """The MLflow entity of a dataset record."""
-    dataset = DatasetEntity(
-        name=record["name"],
-        digest=record["digest"],
-        source_type=record["source_type"],
-        source=record["source"],
-        schema=record.get("schema"),
-        profile=record.get("profile"),
-    )
-    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, record["context"])])
-
-
 def log_datasets(
     client: MlflowClient,
     run_id: str,
@@ -140,7 +131,11 @@ def log_datasets(
 
     Logging the same splits again is harmless: MLflow keeps one input per (name, digest).
     """
-    records, fingerprints = dataset_records(datasets, check_remote=check_remote)
-    if records:
-        client.log_inputs(run_id, datasets=[dataset_input(record) for record in records])
-    return fingerprints
+    built = _built(datasets, check_remote)
+    inputs = [
+        DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
+        for split, dataset in built.items()
+    ]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+    return {split: dataset.fingerprint for split, dataset in built.items()}
