@@ -32,17 +32,21 @@ UPLOAD_TIMEOUT_S = 300.0
 class RunArtifacts:
     """One run's artifact store, looked up once."""
 
-    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str, artifact_uri: str | None = None) -> None:
+        """``artifact_uri``: the run's, when known (the session knows it from resolving the run); otherwise it is
+        read from the store on first use, with MLflow's client and its retries."""
         self._client = client
         self._run_id = run_id
         self._tracking_uri = self.tracking_uri = tracking_uri
+        self._artifact_uri = artifact_uri
         self._repository: ArtifactRepository | None = None
         self._endpoint: Endpoint | None = None
 
     @property
     def repository(self) -> ArtifactRepository:
+        """The run's artifact repository; building it makes no request when the artifact URI is known."""
         if self._repository is None:
-            artifact_uri = self._client.get_run(self._run_id).info.artifact_uri
+            artifact_uri = self._artifact_uri or self._client.get_run(self._run_id).info.artifact_uri
             self._repository = get_artifact_repository(artifact_uri, tracking_uri=self._tracking_uri)
             if isinstance(self._repository, HttpArtifactRepository):
                 self._endpoint = Endpoint(self._repository.artifact_uri)

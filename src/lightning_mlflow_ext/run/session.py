@@ -151,6 +151,7 @@ class RunSession:
         self._running = False
         self._lock = threading.RLock()
         self._logged_params: dict[str, str] | None = None
+        self._artifact_uri: str | None = None
         self._initial_tags: dict[str, str] = {}
         self._found_status: str | None = None
         self._worst_status: FinalStatus | None = None
@@ -215,6 +216,7 @@ class RunSession:
         with self._lock:
             if self._run_id is None or (replace and self._run_id != identity[0]):
                 self._run_id, self._experiment_id, self._resolved_experiment_name = identity
+                self._artifact_uri = None  # another run's: read from the store if an upload needs it
 
     @property
     def initial_tags(self) -> dict[str, str]:
@@ -240,6 +242,7 @@ class RunSession:
         self._origin = None
         self._owns_run = self._running = self._fresh = False
         self._logged_params = None
+        self._artifact_uri = None
         self._initial_tags = {}
         self._worst_status = None
 
@@ -290,8 +293,9 @@ class RunSession:
         self._run_id = run.info.run_id
         self._experiment_id = run.info.experiment_id
         self._resolved_experiment_name = self._experiment_name_of(run.info.experiment_id)
-        # Known now, while resolving may wait on the store: later param diffs make no network call.
+        # Known now, while resolving may wait on the store: later param diffs and uploads make no call to learn them.
         self._logged_params = dict(run.data.params)
+        self._artifact_uri = run.info.artifact_uri
 
     def _find_run(self) -> tuple[Run | None, Origin | None]:
         if self._requested_run_id:
@@ -471,7 +475,7 @@ class RunSession:
                         synchronous=self._synchronous,
                         heartbeat=lambda: [(HEARTBEAT_TAG, heartbeat())],
                         heartbeat_interval=HEARTBEAT_INTERVAL,
-                        artifacts=RunArtifacts(self.client, run_id, self.tracking_uri),
+                        artifacts=RunArtifacts(self.client, run_id, self.tracking_uri, self._artifact_uri),
                     )
         return self._writer
 
@@ -486,7 +490,7 @@ class RunSession:
             run_id = self.run_id
             staging = Path(self.save_dir) / ".mlflow-uploads"
             # Its own RunArtifacts: a connection serves one thread, and the writer's serves journaled changes.
-            artifacts = RunArtifacts(self.client, run_id, self.tracking_uri)
+            artifacts = RunArtifacts(self.client, run_id, self.tracking_uri, self._artifact_uri)
             self._uploader = ArtifactUploader(
                 self.client, run_id, artifacts, staging, hand_off=self.writer.change_artifacts  # this run's writer
             )
