@@ -198,8 +198,9 @@ def test_a_renewed_password_resumes_delivery_without_a_restart(auth_server, user
     def rotate() -> None:
         change_password(auth_server.uri, auth_server.admin, user.username, new.password)
 
-    actions = {3: rotate, 9: lambda: use(monkeypatch, new)}
     logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=auth_server.uri, flush_timeout=20)
+    # A flush at step 5 meets the refusal (the writer otherwise batches past a fit this short); step 9 renews.
+    actions = {3: rotate, 5: lambda: logger.flush(timeout=5), 9: lambda: use(monkeypatch, new)}
     with caplog.at_level(logging.WARNING):
         make_trainer(logger).fit(model_with(actions), TinyData())
     client = MlflowClient(auth_server.uri)
@@ -330,7 +331,7 @@ def test_a_bug_is_reported_once_with_its_traceback_and_its_data_kept(tmp_path, c
     assert sorted(steps) == list(range(20))
 
 
-def test_fault_classes_of_real_answers(fault_proxy, experiment_name):
+def test_fault_classes_of_real_answers():
     from lightning_mlflow_ext.delivery.faults import classify_response
 
     assert classify_response("u", 401, "").fault is Fault.RUN_WIDE
@@ -393,3 +394,21 @@ def test_a_server_killed_mid_fit_and_restarted_loses_nothing(killable_server, ex
     assert client.get_run(logger.run_id).info.status == "FINISHED"
     assert_every_point_once(client, logger.run_id)
     assert not journal_path(logger.save_dir, logger.run_id).exists()
+
+
+def test_a_refused_request_is_sent_again_only_with_renewed_credentials(auth_server, user, monkeypatch):
+    from fault_servers import FaultProxy
+
+    from lightning_mlflow_ext.delivery.transport import Endpoint
+
+    with FaultProxy(auth_server.uri) as proxy:
+        use(monkeypatch, Credentials(user.username, "Wrong-" + uuid.uuid4().hex))
+        endpoint = Endpoint(proxy.uri)
+        path = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+        before = proxy.requests
+        assert endpoint.request("GET", path, None, 10).status == 401
+        assert proxy.requests - before == 1, "refused with the same credentials: not repeated"
+        use(monkeypatch, user)  # renewed after the endpoint read the old ones
+        before = proxy.requests
+        assert endpoint.request("GET", path, None, 10).status == 200
+        assert proxy.requests - before == 2, "refused, credentials read again, sent once more"

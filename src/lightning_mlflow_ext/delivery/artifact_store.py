@@ -63,9 +63,6 @@ class RunArtifacts:
         endpoint = "/" + urllib.parse.quote(artifact_path, safe="/")
         content_type = _guess_mime_type(local.name)  # type: ignore[no-untyped-call]
         answer = self._endpoint.put_file(endpoint, local, content_type, UPLOAD_TIMEOUT_S)
-        if answer.status in (401, 403):  # credentials renewed since they were read: read them again, once
-            self._endpoint.refresh()
-            answer = self._endpoint.put_file(endpoint, local, content_type, UPLOAD_TIMEOUT_S)
         if answer.status != 200:
             fault = classify_response(str(repository.artifact_uri), answer.status, answer.text, answer.headers)
             raise DeliveryError(

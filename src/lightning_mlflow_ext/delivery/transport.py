@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -61,9 +61,6 @@ class Transport(Protocol):
 
     def log_inputs(self, run_id: str, inputs: Sequence[Mapping[str, str]]) -> None:
         """Dataset inputs, each the dataset's fields and its split as ``context``."""
-
-    def refresh_credentials(self) -> None:
-        """Read the credentials again on the next request (they were refused: a token may have been renewed)."""
 
     def abort(self) -> None:
         """Make a request in flight on another thread fail now (the run is ending and cannot wait for it)."""
@@ -293,21 +290,41 @@ class Endpoint:
 
     def request(self, method: str, endpoint: str, body: str | None, timeout: float) -> Answer:
         """One attempt, no hidden retries: ``method`` on ``endpoint`` with a JSON ``body`` (or none)."""
-        creds, headers, connection = self._current()
-        if headers is None or connection is None:
-            return _through_mlflow(creds, method, endpoint, body, "application/json", timeout)
         data = None if body is None else body.encode()
-        return connection.request(method, endpoint, data, {**headers, "Content-Type": "application/json"}, timeout)
+
+        def send(creds: MlflowHostCreds, headers: dict[str, str] | None, connection: _Connection | None) -> Answer:
+            if headers is None or connection is None:
+                return _through_mlflow(creds, method, endpoint, body, "application/json", timeout)
+            return connection.request(method, endpoint, data, {**headers, "Content-Type": "application/json"}, timeout)
+
+        return self._with_current_credentials(send)
 
     def post(self, endpoint: str, body: str, timeout: float) -> Answer:
         return self.request("POST", endpoint, body, timeout)
 
     def put_file(self, endpoint: str, path: Path, content_type: str, timeout: float) -> Answer:
+        def send(creds: MlflowHostCreds, headers: dict[str, str] | None, connection: _Connection | None) -> Answer:
+            if headers is None or connection is None:
+                with open(path, "rb") as handle:
+                    return _through_mlflow(creds, "PUT", endpoint, handle, content_type, timeout)
+            return connection.put_file(endpoint, path, {**headers, "Content-Type": content_type}, timeout)
+
+        return self._with_current_credentials(send)
+
+    def _with_current_credentials(
+        self, send: Callable[[MlflowHostCreds, dict[str, str] | None, _Connection | None], Answer]
+    ) -> Answer:
+        """Send; when refused for credentials (401/403), read them again, and send once more only if they changed
+        (a renewed token or password): a request refused with the same credentials is not repeated."""
         creds, headers, connection = self._current()
-        if headers is None or connection is None:
-            with open(path, "rb") as handle:
-                return _through_mlflow(creds, "PUT", endpoint, handle, content_type, timeout)
-        return connection.put_file(endpoint, path, {**headers, "Content-Type": content_type}, timeout)
+        answer = send(creds, headers, connection)
+        if answer.status not in (401, 403):
+            return answer
+        self.refresh()
+        renewed = self._current()
+        if (renewed[0].__dict__, renewed[1]) == (creds.__dict__, headers):
+            return answer
+        return send(*renewed)
 
 
 def _through_mlflow(
@@ -356,9 +373,6 @@ class HttpTransport:
             for item in inputs
         ]
         self._post(LOG_INPUTS, {"run_id": run_id, "datasets": datasets})
-
-    def refresh_credentials(self) -> None:
-        self._endpoint.refresh()
 
     def abort(self) -> None:
         self._endpoint.abort()
@@ -437,9 +451,6 @@ class ClientTransport:
             self._client.log_inputs(run_id, datasets=datasets)
         except Exception as exc:
             raise classify_exception(self._tracking_uri, exc) from exc
-
-    def refresh_credentials(self) -> None:
-        """MlflowClient reads the credentials on every request."""
 
     def abort(self) -> None:
         """A local store's call cannot be interrupted; it does not wait on a network."""

@@ -27,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
 
 from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts, remove_staged
+from lightning_mlflow_ext.delivery.backoff import Backoff
 from lightning_mlflow_ext.delivery.faults import Fault, classify_exception
 from lightning_mlflow_ext.delivery.journal import ArtifactOp
 
@@ -336,25 +337,20 @@ class ArtifactUploader:
 
     def _apply(self, op: ArtifactOp) -> bool:
         """Make one change, retrying transient faults; False when it must go to the writer instead."""
-        delay, max_delay = self._retry_delays
+        backoff = Backoff(self._retry_delays, self._parked, self._retry_now)
         while True:
             try:
                 self._artifacts.apply(op)
                 return True
             except Exception as raw:
                 fault = classify_exception(self._artifacts.tracking_uri, raw)
-                if fault.fault is Fault.ONE_RECORD:
-                    log.warning("MLflow run %s: could not %s: %s", self._run_id, op.describe(), fault)
-                    with self._cond:
-                        self._report.failed.append(f"{op.describe()}: {fault}")
-                    return True  # refused for good: nothing to keep
-                if fault.fault is not Fault.TRANSIENT:
-                    self._handing_off = True  # the writer says what happened, once, and journals the rest
-                    return False
-            if self._parked.is_set():
+            if fault.fault is Fault.ONE_RECORD:
+                log.warning("MLflow run %s: could not %s: %s", self._run_id, op.describe(), fault)
+                with self._cond:
+                    self._report.failed.append(f"{op.describe()}: {fault}")
+                return True  # refused for good: nothing to keep
+            if fault.fault is not Fault.TRANSIENT:
+                self._handing_off = True  # the writer says what happened, once, and journals the rest
                 return False
-            self._retry_now.wait(delay)
-            self._retry_now.clear()
-            if self._parked.is_set():
+            if self._parked.is_set() or not backoff.wait(fault):
                 return False
-            delay = min(delay * 2, max_delay)

@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
+from lightning_mlflow_ext.delivery.backoff import Backoff
 from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault, classify_exception
 from lightning_mlflow_ext.delivery.journal import ArtifactOp, Journal, Record
 from lightning_mlflow_ext.delivery.transport import KeyValue, MetricPoint, Transport
@@ -379,7 +380,6 @@ class RunWriter:
                 self._wake.clear()
                 if self._park.is_set():
                     return
-                self._transport.refresh_credentials()  # a renewed token or password takes effect here
             self._drain(everything)
             if self._halted is not None:
                 if retrying:
@@ -568,7 +568,7 @@ class RunWriter:
     def _with_retries(self, send: Callable[[T], None], payload: T) -> bool:
         """Send until it lands; False when parked first, or when a run-wide fault or a bug stopped delivery
         (the in-flight and queued writes are then in the journal)."""
-        delay, max_delay = self._retry_delays
+        backoff = Backoff(self._retry_delays, self._park, self._retry_now)
         while True:
             try:
                 send(payload)
@@ -578,16 +578,8 @@ class RunWriter:
                     self._halt(fault, raw)
                     return False
                 self._note_unreachable(fault)
-                if fault.retry_after is not None:  # the server said when: only parking cuts that short
-                    if self._park.wait(max(fault.retry_after, delay)):
-                        return False
-                else:
-                    # A flush (the end of a stage) retries at once: the store may be back before the backoff ends.
-                    self._retry_now.wait(delay)
-                    self._retry_now.clear()
-                    if self._park.is_set():
-                        return False
-                delay = min(delay * 2, max_delay)
+                if not backoff.wait(fault):
+                    return False
                 continue
             if self._warned_unreachable or self._halted is not None:
                 log.warning("MLflow run %s: the tracking store takes writes again; delivery resumed.", self._run_id)
