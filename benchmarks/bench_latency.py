@@ -58,6 +58,7 @@ from bench_metrics import (  # benchmarks/ is on sys.path when this file runs; i
     machine_info,
     progress,
     quiet_libraries,
+    quiet_trainer,
 )
 
 TARGET_LOOP_RATIO = 1.05
@@ -145,7 +146,6 @@ class Fit:
 
 
 def run_fit(config: str, latency: float, proxy: Any, server: Any, steps: int, experiment: str, work: Path) -> Fit:
-    import lightning
     from mlflow import MlflowClient
 
     from lightning_mlflow_ext import MLflowLogger
@@ -156,21 +156,7 @@ def run_fit(config: str, latency: float, proxy: Any, server: Any, steps: int, ex
     logger = MLflowLogger(experiment_name=experiment, tracking_uri=proxy.uri, save_dir=str(save_dir))
     model, loader = _fit_parts(steps)
     probe = _phase_probe(proxy, steps, logger)
-    trainer = lightning.Trainer(
-        logger=logger,
-        callbacks=[probe],
-        max_epochs=1,
-        max_steps=steps,
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=str(save_dir),
-    )
+    trainer = quiet_trainer(logger, steps, save_dir, callbacks=[probe])
     before = proxy.requests_by_path
     t0 = time.perf_counter()
     trainer.fit(model, loader)

@@ -234,12 +234,13 @@ def _tiny_fit_parts(steps: int) -> tuple[Any, Any]:
     return TinyRegressor(), loader
 
 
-def _timed_fit(steps: int, logger: Any, root: Path) -> float:
+def quiet_trainer(logger: Any, steps: int, root: Path, callbacks: list[Any] | None = None) -> Any:
+    """One epoch of ``steps`` CPU steps, logging every step, with nothing else on (no checkpoints, no bars)."""
     import lightning
 
-    model, loader = _tiny_fit_parts(steps)
-    trainer = lightning.Trainer(
+    return lightning.Trainer(
         logger=logger,
+        callbacks=callbacks or [],
         max_epochs=1,
         max_steps=steps,
         log_every_n_steps=1,
@@ -252,6 +253,12 @@ def _timed_fit(steps: int, logger: Any, root: Path) -> float:
         devices=1,
         default_root_dir=str(root),
     )
+
+
+def _timed_fit(steps: int, logger: Any, root: Path) -> float:
+
+    model, loader = _tiny_fit_parts(steps)
+    trainer = quiet_trainer(logger, steps, root)
     t0 = time.perf_counter()
     trainer.fit(model, loader)
     elapsed = time.perf_counter() - t0
