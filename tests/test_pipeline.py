@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger
-from lightning_mlflow_ext.run.session import HEARTBEAT_TAG, RELEASED
+from lightning_mlflow_ext.run.tags import HEARTBEAT_TAG, RELEASED
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipeline"
 

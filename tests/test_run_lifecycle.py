@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import DeletedExperimentError, MLflowLogger, RunNotFoundError
-from lightning_mlflow_ext.run.session import OWNER_TAG
+from lightning_mlflow_ext.run.tags import OWNER_TAG
 
 
 def runs_in(client: MlflowClient, experiment_name: str) -> list[mlflow.entities.Run]:

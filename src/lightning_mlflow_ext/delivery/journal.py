@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from lightning_mlflow_ext.delivery.transport import KeyValue, MetricPoint
 from lightning_mlflow_ext.errors import JournalCorruptError, JournalInUseError
+from lightning_mlflow_ext.warn_once import WarnOnce
 
 try:
     import fcntl
@@ -177,7 +178,7 @@ class Journal:
         self._skipped_at: set[int] = set()
         self._needs_newline = False  # the file ends in a cut line this process could not terminate yet
         self._problem: str | None = None
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce(log)
 
     def __del__(self) -> None:
         # A journal dropped without close() must not keep its file locked until the process exits.
@@ -578,11 +579,6 @@ class Journal:
             f"run `lightning-mlflow sync {self.path}` once it can be read."
         )
         self._warn_once(f"read:{exc.errno}", self._problem)
-
-    def _warn_once(self, cause: str, message: str) -> None:
-        if cause not in self._warned:
-            self._warned.add(cause)
-            log.warning("%s", message)
 
 
 # ---- files and locks --------------------------------------------------------------------------

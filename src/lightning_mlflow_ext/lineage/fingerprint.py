@@ -17,6 +17,7 @@ from lightning_mlflow_ext.lineage.dvc import DVCPathState, dvc_installed, dvc_pa
 from lightning_mlflow_ext.lineage.errors import DVC_INSTALL_HINT, DataPathNotFoundError
 from lightning_mlflow_ext.lineage.git import GitPathState, git_path_state, has_changes
 from lightning_mlflow_ext.run.urls import strip_url_credentials
+from lightning_mlflow_ext.warn_once import WarnOnce
 
 __all__ = ["DIGEST_LENGTH", "Fingerprint", "fingerprint"]
 
@@ -25,13 +26,7 @@ log = logging.getLogger(__name__)
 DIGEST_LENGTH = 36
 """MLflow's limit on a dataset digest."""
 
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)
+_warn_once = WarnOnce(log)
 
 
 @dataclass(frozen=True)
@@ -203,7 +198,7 @@ def fingerprint(path: str | os.PathLike[str], *, check_remote: bool = True) -> F
         )  # fmt: skip
     if dvc_file is not None:
         problem = f"{git.path} is tracked by DVC ({dvc_file.name}) but {dvc_trouble}; recording git information only"
-        _warn_once(problem)
+        _warn_once(problem, problem)
         problems.append(problem)
         tracker: Literal["dvc", "git"] | None = "dvc"
         data_dirty: bool | None = None

@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 from mlflow import MlflowClient
 
 from lightning_mlflow_ext.errors import LightningMLflowError
-from lightning_mlflow_ext.run.session import TAG_PREFIX
+from lightning_mlflow_ext.run.tags import CHECKPOINT_TAG_PREFIX, CHECKPOINTS_ROOT, parse_checkpoint_tag
 from lightning_mlflow_ext.run.tracking import resolve_tracking_uri
-from lightning_mlflow_ext.trainer.checkpoints import ROOT
 
 M = TypeVar("M")
 
@@ -27,18 +26,15 @@ def checkpoint_artifact(client: MlflowClient, run_id: str, which: str = "best", 
     if which not in ("best", "latest"):
         return which
     tags = client.get_run(run_id).data.tags
-    prefix = f"{TAG_PREFIX}checkpoint."
-    found = {
-        key[len(prefix) :].rsplit(".", 1)[0]: value
-        for key, value in tags.items()
-        if key.startswith(prefix) and key.endswith("." + which)
-    }
+    parsed = ((parse_checkpoint_tag(key), value) for key, value in tags.items())
+    found = {tag[0]: value for tag, value in parsed if tag is not None and tag[1] == which}
     if callback is not None:
         found = {k: v for k, v in found.items() if k == callback}
     if not found:
         raise LightningMLflowError(
-            f"Run {run_id} has no {which!r} checkpoint recorded (no tag {prefix}<callback>.{which}). Was it "
-            f"trained with MLflowLogger(log_model=True or 'all')? Pass an artifact path under {ROOT}/ instead."
+            f"Run {run_id} has no {which!r} checkpoint recorded (no tag {CHECKPOINT_TAG_PREFIX}<callback>.{which}). "
+            "Was it trained with MLflowLogger(log_model=True or 'all')? Pass an artifact path under "
+            f"{CHECKPOINTS_ROOT}/ instead."
         )
     if len(found) > 1:
         raise LightningMLflowError(

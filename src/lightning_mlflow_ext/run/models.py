@@ -16,6 +16,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from lightning_mlflow_ext.run.tags import MODEL_CHECKPOINT_TAG, MODEL_STEP_TAG
+
 BEST_ALIAS = "best"
 
 
@@ -54,7 +56,7 @@ def log_best_model(
     registered_model_name: str | None = None,
 ) -> LoggedBestModel:
     """Save ``module`` (already loaded from the best checkpoint) as an MLflow Model of the run."""
-    tags = {"lightning_mlflow_ext.checkpoint": checkpoint_artifact, "lightning_mlflow_ext.step": str(step)}
+    tags = {MODEL_CHECKPOINT_TAG: checkpoint_artifact, MODEL_STEP_TAG: str(step)}
     params = {key: repr(float(value)) for key, value in metrics.items()}
     logged = client.create_logged_model(
         experiment_id, name="best", source_run_id=run_id, tags=tags, params=params, model_type="pytorch"

@@ -24,7 +24,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking.context.git_context import GitRunContext
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
 from lightning_mlflow_ext.delivery.journal import Header, Journal, journal_path
@@ -40,24 +39,24 @@ from lightning_mlflow_ext.errors import (
 from lightning_mlflow_ext.lineage.dataset import dataset_records
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.lineage.git import code_diff, code_state, untracked_files
+from lightning_mlflow_ext.run.tags import (
+    GIT_TAG_PREFIX,
+    HEARTBEAT_TAG,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    OWNER,
+    OWNER_TAG,
+    RELEASED,
+)
 from lightning_mlflow_ext.run.tracking import probe_server, refusals_explained
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT_NAME = "lightning_logs"
-TAG_PREFIX = "lightning_mlflow_ext."
-#: Set on runs this package created, so another process can tell who ends the run.
-OWNER_TAG = TAG_PREFIX + "owner"
-OWNER = "lightning-mlflow-ext"
 
-#: "<unix time> <host> <pid>" of the process writing into the run, renewed while it runs: a later process can
-#: tell a run left RUNNING by a killed process (SIGKILL, OOM, preemption) from one that is still being written.
-HEARTBEAT_TAG = TAG_PREFIX + "heartbeat"
 HEARTBEAT_INTERVAL = 60.0
 #: A heartbeat from another host older than this means its process is gone.
 HEARTBEAT_STALE_AFTER = 5 * HEARTBEAT_INTERVAL
-#: The heartbeat of a run a process left RUNNING on purpose, for the next step of a pipeline.
-RELEASED = "released"
 
 #: Of the end-of-run wait, what is kept for putting undelivered writes in the journal.
 PARK_RESERVE_S = 1.0
@@ -65,8 +64,6 @@ PARK_RESERVE_S = 1.0
 FinalStatus = Literal["FINISHED", "FAILED", "KILLED"]
 Origin = Literal["created", "run_id", "active_run", "env_run_id", "checkpoint"]
 
-
-GIT_TAG_PREFIX = "mlflow.source.git."
 
 
 def source_dir() -> str:

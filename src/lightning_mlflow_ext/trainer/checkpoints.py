@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.delivery.uploader import ArtifactUploader, snapshot
-from lightning_mlflow_ext.run.session import TAG_PREFIX
+from lightning_mlflow_ext.run.tags import CHECKPOINTS_ROOT, checkpoint_tag
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-ROOT = "checkpoints"
-PARTIAL_TAG = TAG_PREFIX + "checkpoints_partial"
 
 
 def callback_key(callback: ModelCheckpoint) -> str:
@@ -77,7 +75,7 @@ class CheckpointMirror:
             known = self._files.get(path)
             if known is not None and known.stat == current:
                 continue
-            artifact_dir = f"{ROOT}/{key}"
+            artifact_dir = f"{CHECKPOINTS_ROOT}/{key}"
             score = callback.best_k_models.get(path)
             metadata = {
                 "file": os.path.basename(path),
@@ -95,9 +93,8 @@ class CheckpointMirror:
             self._files[path] = MirroredFile(f"{artifact_dir}/{os.path.basename(path)}", current, metadata)
             staged = snapshot(path, self._uploader.staging, link=True)
             self._uploader.upload_with_metadata(staged, artifact_dir, metadata)
-        for path in [
-            p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(f"{ROOT}/{key}/")
-        ]:
+        folder = f"{CHECKPOINTS_ROOT}/{key}/"
+        for path in [p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(folder)]:
             if os.path.exists(path):
                 continue  # still on disk (e.g. saved by hand): keep it in the run too
             self._forget(path)
@@ -116,18 +113,17 @@ class CheckpointMirror:
 
     def _tag(self, callback: ModelCheckpoint, key: str) -> None:
         tags: dict[str, str] = {}
-        prefix = f"{TAG_PREFIX}checkpoint.{key}."
         best = self._files.get(callback.best_model_path) if callback.best_model_path else None
         if best is not None:
-            tags[prefix + "best"] = best.artifact_path
+            tags[checkpoint_tag(key, "best")] = best.artifact_path
             if callback.best_model_score is not None:
-                tags[prefix + "best_score"] = repr(float(callback.best_model_score))
+                tags[checkpoint_tag(key, "best_score")] = repr(float(callback.best_model_score))
         latest = max(
-            (f for p, f in self._files.items() if f.artifact_path.startswith(f"{ROOT}/{key}/")),
+            (f for p, f in self._files.items() if f.artifact_path.startswith(f"{CHECKPOINTS_ROOT}/{key}/")),
             key=lambda f: f.metadata["saved_at"],
             default=None,
         )
         if latest is not None:
-            tags[prefix + "latest"] = latest.artifact_path
+            tags[checkpoint_tag(key, "latest")] = latest.artifact_path
         if tags:
             self._set_tags(tags)

@@ -23,7 +23,6 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 from typing_extensions import override
 
 from lightning_mlflow_ext.delivery.uploader import snapshot
@@ -31,9 +30,24 @@ from lightning_mlflow_ext.delivery.writer import TAIL_POINTS, MetricPoint
 from lightning_mlflow_ext.errors import LightningMLflowError
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
 from lightning_mlflow_ext.run.models import BEST_ALIAS, log_best_model
-from lightning_mlflow_ext.run.session import PARK_RESERVE_S, TAG_PREFIX, FinalStatus, RunSession
+from lightning_mlflow_ext.run.session import PARK_RESERVE_S, FinalStatus, RunSession
+from lightning_mlflow_ext.run.tags import (
+    BEST_MODEL_ID_TAG,
+    CHANGED_PARAMS_TAG,
+    EPOCH_AXIS_KEYS_TAG,
+    LINEAGE_CHANGED_TAG,
+    LINEAGE_PROBLEMS_TAG,
+    LINEAGE_TAG,
+    MAX_TAG_VALUE,
+    MLFLOW_LOGGED_IMAGES,
+    PARTIAL_TAG,
+    REGISTERED_MODEL_TAG,
+    RESUMED_AT_STEP_TAG,
+    RESUMED_FROM_RUN_TAG,
+    STEP_AXIS_TAG,
+)
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
-from lightning_mlflow_ext.trainer.checkpoints import PARTIAL_TAG, CheckpointMirror
+from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
 from lightning_mlflow_ext.trainer.coexist import mute_mlflow_autolog_metrics
 from lightning_mlflow_ext.trainer.summaries import trainer_callbacks
 from lightning_mlflow_ext.values.axes import EPOCH_KEY, StepAxes, StepAxis
@@ -48,6 +62,7 @@ from lightning_mlflow_ext.values.keys import (
     truncate_value,
 )
 from lightning_mlflow_ext.values.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
+from lightning_mlflow_ext.warn_once import WarnOnce
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -57,16 +72,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX_SEPARATOR = "-"  # Lightning's LOGGER_JOIN_CHAR, so prefixed keys match its MLFlowLogger
-STEP_AXIS_TAG = TAG_PREFIX + "step_axis"
-EPOCH_AXIS_KEYS_TAG = TAG_PREFIX + "epoch_axis_keys"
-CHANGED_PARAMS_TAG = TAG_PREFIX + "changed_params"
-LINEAGE_TAG = TAG_PREFIX + "lineage"
-RESUMED_AT_STEP_TAG = TAG_PREFIX + "resumed_at_step"
-RESUMED_FROM_RUN_TAG = TAG_PREFIX + "resumed_from_run"
 #: The key under which a Lightning checkpoint records the run it was trained in.
 CHECKPOINT_KEY = "lightning_mlflow_ext"
 HPARAMS_ARTIFACT = "hparams.json"
-MAX_TAG_VALUE = 8000
 #: +-inf become the largest finite doubles: the sign survives every store (a server turns -inf into +max).
 FLOAT_MAX = sys.float_info.max
 
@@ -188,7 +196,7 @@ class MLflowLogger(Logger):
         self._axes = StepAxes(step_axis)
         self._metric_names = NameMapper()
         self._param_names = NameMapper()
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce(log)
         self._mirror: CheckpointMirror | None = None
         self._trainer: pl.Trainer | None = None
         self._at_epoch_end = False
@@ -425,14 +433,14 @@ class MLflowLogger(Logger):
         """``lightning_mlflow_ext.lineage`` = reproducible | incomplete, and what is missing."""
         tags = {LINEAGE_TAG: state}
         if problems:
-            tags[LINEAGE_TAG + ".problems"] = truncate_value("; ".join(problems), MAX_TAG_VALUE)[0]
+            tags[LINEAGE_PROBLEMS_TAG] = truncate_value("; ".join(problems), MAX_TAG_VALUE)[0]
         self._session.set_tags(tags)
 
     @rank_zero_only
     def record_resumed_on_changed_data(self, changed: dict[str, tuple[str, str]]) -> None:
         """Tag a run whose fit resumed from a checkpoint trained on other data: split -> [then, now]."""
         text = json.dumps({split: list(pair) for split, pair in changed.items()}, sort_keys=True)
-        self._session.set_tags({LINEAGE_TAG + ".changed_since_checkpoint": truncate_value(text, MAX_TAG_VALUE)[0]})
+        self._session.set_tags({LINEAGE_CHANGED_TAG: truncate_value(text, MAX_TAG_VALUE)[0]})
 
     # ---- figures and media (uploaded in the background; names are checked here) ------------------
 
@@ -613,9 +621,9 @@ class MLflowLogger(Logger):
         except Exception as exc:  # the fit succeeded; a model that could not be saved must not undo that
             log.warning("Could not log the best checkpoint %s as an MLflow Model: %s", best.best_model_path, exc)
             return
-        tags = {TAG_PREFIX + "best_model_id": logged.model_id}
+        tags = {BEST_MODEL_ID_TAG: logged.model_id}
         if logged.registered_version is not None:
-            tags[TAG_PREFIX + "registered_model"] = f"{self._registered_model_name}@{BEST_ALIAS}"
+            tags[REGISTERED_MODEL_TAG] = f"{self._registered_model_name}@{BEST_ALIAS}"
         self._session.set_tags(tags)
 
     def _wait_for_uploads(self, deadline: float) -> None:
@@ -807,11 +815,6 @@ class MLflowLogger(Logger):
         self._interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
 
     # ---- helpers ------------------------------------------------------------------------------
-
-    def _warn_once(self, cause: str, message: str) -> None:
-        if cause not in self._warned:
-            self._warned.add(cause)
-            log.warning(message)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
