@@ -25,7 +25,7 @@ from lightning_mlflow_ext import MLflowCallback, MLflowLogger
 
 
 class EveryWrite(TinyModel):
-    """Logs a text, a dict and a file artifact every epoch; can stop the server mid-fit."""
+    """Logs a text, a dict, a file, images and a table every epoch; can stop the server mid-fit."""
 
     stop_at: int | None = None
     server_pid: int | None = None
@@ -44,6 +44,7 @@ class EveryWrite(TinyModel):
         pixels = np.full((4, 4, 3), 40 * epoch, dtype=np.uint8)
         self.logger.log_image(pixels, "sample", step=epoch)  # MLflow's step-keyed images
         self.logger.log_image(pixels, f"last-{epoch}")  # images/last-<epoch>.png
+        self.logger.log_table({"epoch": [epoch], "lr": [self.hparams.lr]}, "tables/progress.json")  # rows appended
 
 
 def main() -> None:
@@ -52,13 +53,19 @@ def main() -> None:
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--stop-server-at-step", type=int, default=None)
     parser.add_argument("--server-pid", type=int, default=None)
+    parser.add_argument("--registered-model", default=None, help="register the best model under this name")
     parser.add_argument(
         "--stop-server-before-fit", action="store_true", help="stop it once the run exists, before any write"
     )
     args = parser.parse_args()
     seed_everything(0)  # both runs train the same weights: their checkpoints' scores are comparable
     logger = MLflowLogger(
-        experiment_name=args.experiment, tracking_uri=args.tracking_uri, log_model="all", flush_timeout=5
+        experiment_name=args.experiment,
+        tracking_uri=args.tracking_uri,
+        log_model="all",
+        flush_timeout=5,
+        log_best_model=True,
+        registered_model_name=args.registered_model,
     )
     best = ModelCheckpoint(dirpath="ckpt/best", monitor="val_loss", mode="min", save_top_k=1)
     every = ModelCheckpoint(dirpath="ckpt/every", save_top_k=-1)

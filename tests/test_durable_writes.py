@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from lightning_mlflow_ext.delivery.journal import find_journals
+from lightning_mlflow_ext.delivery.logged_models import CHANGE_ID_TAG
+from lightning_mlflow_ext.run.tags import BEST_MODEL_ID_TAG, REGISTERED_MODEL_TAG
 
 SCRIPT = Path(__file__).with_name("durable_train.py")
 
@@ -74,6 +77,29 @@ def comparable(text: str, path: str) -> object:
     return data
 
 
+def models_of(client: MlflowClient, run: Run) -> list[dict[str, object]]:
+    """The run's logged models and their registrations, ids left out (no two fits share them)."""
+    found = []
+    for model in client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    ):
+        versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        found.append({
+            "name": model.name,
+            "status": str(model.status),
+            "params": model.params,
+            "tags": {k: v for k, v in model.tags.items() if k not in (CHANGE_ID_TAG, "mlflow.modelVersions")},
+            "files": sorted(item.path for item in client.list_logged_model_artifacts(model.model_id)),
+            "in the run's tag": run.data.tags.get(BEST_MODEL_ID_TAG) == model.model_id,
+            "versions": [
+                (str(v.version), sorted(client.get_model_version(v.name, v.version).aliases))
+                for v in versions
+                if v.source == model.artifact_location
+            ],
+        })  # fmt: skip
+    return found
+
+
 def record_of(client: MlflowClient, run_id: str, folder: Path) -> dict[str, object]:
     run = client.get_run(run_id)
     metrics = {
@@ -88,7 +114,12 @@ def record_of(client: MlflowClient, run_id: str, folder: Path) -> dict[str, obje
             for item in run.inputs.dataset_inputs
         ),
         # Left out: the run's own name and heartbeat, and the lineage note, which names each fit's own folder.
-        "tags": {k: v for k, v in run.data.tags.items() if not k.endswith(("heartbeat", "runName", "problems"))},
+        "tags": {
+            k: v if k not in (BEST_MODEL_ID_TAG, REGISTERED_MODEL_TAG) else "present"
+            for k, v in run.data.tags.items()
+            if not k.endswith(("heartbeat", "runName", "problems"))
+        },
+        "models": models_of(client, run),
         "params": run.data.params,
         "metrics": metrics,
         "artifacts": artifact_files(client, run_id),
@@ -103,10 +134,13 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     server, experiment_name, tmp_path, outage_from
 ):
     client = MlflowClient(server.uri)
-    reference = train(tmp_path / "reference", server.uri, experiment_name)
+    reference = train(tmp_path / "reference", server.uri, experiment_name, "--registered-model", experiment_name + "-r")
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    outage = train(tmp_path / "outage", server.uri, experiment_name, *outage_from, "--server-pid", str(server.pid))
+    outage = train(
+        tmp_path / "outage", server.uri, experiment_name, *outage_from, "--server-pid", str(server.pid),
+        "--registered-model", experiment_name + "-o",
+    )  # fmt: skip
     assert outage.returncode == 0, outage.stderr[-3000:]
     assert not server.running
     journals = find_journals(tmp_path / "outage")
@@ -125,7 +159,7 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     expected = record_of(client, reference_id, tmp_path / "dl-reference")
     got = record_of(client, outage_id, tmp_path / "dl-outage")
     assert {"images/sample+step+2.png", "images/sample+step+2+compressed.webp", "images/last-2.png",
-            "reports/report-2.txt", "notes/epoch-2.txt", "state/epoch-2.json"} <= set(
+            "reports/report-2.txt", "notes/epoch-2.txt", "state/epoch-2.json", "tables/progress.json"} <= set(
         expected["artifacts"])  # fmt: skip
     assert any(path.startswith("checkpoints/val_loss/") for path in expected["artifacts"])
     assert got["artifacts"] == expected["artifacts"]
@@ -135,4 +169,54 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     assert got["params"] == expected["params"]
     assert got["datasets"] == expected["datasets"] and got["datasets"], "the dataset input arrives once, as it was"
     assert got["tags"] == expected["tags"]
+    assert expected["texts"]["tables/progress.json"]["data"] == [[0, 0.05], [1, 0.05], [2, 0.05]]
+    assert expected["models"] and expected["models"][0]["status"] == "READY", expected["models"]
+    assert expected["models"][0]["in the run's tag"] and expected["models"][0]["versions"] == [("1", ["best"])]
+    assert got["models"] == expected["models"], "the best model is logged and registered once, as it was"
     assert got["status"] == expected["status"] == "FINISHED"
+
+
+def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_uri, client, experiment_name, tmp_path):
+    """A process that died between creating the logged model and storing its files (or registering it) leaves a
+    journaled ``model`` change; replaying it, even twice, completes that model rather than making another."""
+    import shutil
+
+    import torch
+
+    from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
+    from lightning_mlflow_ext.delivery.journal import ArtifactOp
+    from lightning_mlflow_ext.delivery.logged_models import model_details
+    from lightning_mlflow_ext.run.models import mlflow_pytorch
+
+    experiment_id = client.create_experiment(experiment_name)
+    run_id = client.create_run(experiment_id).info.run_id
+    saved = tmp_path / "saved" / "model"
+    mlflow_pytorch().save_model(torch.nn.Linear(2, 1), str(saved), serialization_format="pickle")
+    name = experiment_name[-20:] + "-m"
+    details = model_details(
+        change_id="replayed-change", experiment_id=experiment_id, name="best", tags={"k": "v"},
+        params={"val_loss": "0.5"}, model_type="pytorch", run_tag=BEST_MODEL_ID_TAG,
+        registered_model_name=name, alias="best",
+    )  # fmt: skip
+    # What the dead process got done: the model exists (PENDING, no files), nothing else.
+    client.create_logged_model(
+        experiment_id, name="best", source_run_id=run_id, tags={"k": "v", CHANGE_ID_TAG: "replayed-change"},
+        params={"val_loss": "0.5"}, model_type="pytorch",
+    )  # fmt: skip
+
+    artifacts = RunArtifacts(client, run_id, tracking_uri)
+    for attempt in range(2):
+        staged = tmp_path / f"staged-{attempt}" / "model"
+        shutil.copytree(saved, staged)
+        artifacts.apply(ArtifactOp("model", str(staged), None, details))
+        assert not staged.exists(), "the staged model is removed once stored"
+
+    models = client.search_logged_models([experiment_id])
+    assert len(models) == 1
+    model = models[0]
+    assert str(model.status) == "READY" and model.params == {"val_loss": "0.5"} and model.tags["k"] == "v"
+    assert "MLmodel" in [item.path for item in client.list_logged_model_artifacts(model.model_id)]
+    assert client.get_run(run_id).data.tags[BEST_MODEL_ID_TAG] == model.model_id
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == 1
+    assert client.get_model_version_by_alias(name, "best").version == versions[0].version

@@ -23,6 +23,7 @@ from mlflow.utils.mime_type_utils import _guess_mime_type
 
 from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault, classify_response
 from lightning_mlflow_ext.delivery.journal import ArtifactOp
+from lightning_mlflow_ext.delivery.logged_models import log_staged_model
 from lightning_mlflow_ext.delivery.transport import Endpoint
 
 #: Seconds a single send or receive of an upload may stall before it counts as failed.
@@ -80,6 +81,10 @@ class RunArtifacts:
             if self.can_delete:
                 with contextlib.suppress(NotImplementedError, AttributeError):
                     self.delete(op.path)
+            return
+        if op.kind == "model":
+            log_staged_model(self._client, self._run_id, Path(op.path), op.details or {})
+            remove_staged(Path(op.path))
             return
         local = Path(op.path)
         if not local.is_file():

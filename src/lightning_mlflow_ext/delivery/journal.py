@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,25 +40,34 @@ _BINARY = getattr(os, "O_BINARY", 0)  # Windows: bytes as written, no newline tr
 @dataclass(frozen=True)
 class ArtifactOp:
     """One change to a run's artifacts: store a staged file (``put``: ``path`` is the staged local file, kept
-    under ``save_dir`` until the store has it) or remove an artifact (``delete``: ``path`` is the artifact path)."""
+    under ``save_dir`` until the store has it), remove an artifact (``delete``: ``path`` is the artifact path), or
+    log a model (``model``: ``path`` is the staged model folder, ``details`` what the logged model and its
+    registration carry; see ``delivery.logged_models``)."""
 
-    kind: Literal["put", "delete"]
+    kind: Literal["put", "delete", "model"]
     path: str
     artifact_dir: str | None = None
+    details: Mapping[str, Any] | None = None
 
     def to_json(self) -> list[Any]:
-        return [self.kind, self.path, self.artifact_dir]
+        data: list[Any] = [self.kind, self.path, self.artifact_dir]
+        return data if self.details is None else [*data, dict(self.details)]
 
     @classmethod
     def from_json(cls, data: Any) -> ArtifactOp:
-        kind, path, artifact_dir = data
-        if kind not in ("put", "delete"):
+        kind, path, artifact_dir, *rest = data
+        if kind not in ("put", "delete", "model") or len(rest) > 1:
             raise ValueError(f"not an artifact change: {data!r}")
-        return cls(kind, str(path), None if artifact_dir is None else str(artifact_dir))
+        details = rest[0] if rest else None
+        if details is not None and not isinstance(details, dict):
+            raise ValueError(f"not an artifact change: {data!r}")
+        return cls(kind, str(path), None if artifact_dir is None else str(artifact_dir), details)
 
     def describe(self) -> str:
         if self.kind == "delete":
             return f"delete {self.path}"
+        if self.kind == "model":
+            return f"log model {(self.details or {}).get('name', '?')}"
         return f"upload {self.artifact_dir or '.'}/{os.path.basename(self.path)}"
 
 

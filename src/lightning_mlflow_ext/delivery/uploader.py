@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -90,8 +90,7 @@ class ArtifactUploader:
     A change the store does not take is not dropped: a transient fault is retried with backoff; a run-wide fault
     or a bug, and whatever is still queued when the run ends (``park``), is handed to the run's writer as
     records (``hand_off``), which deliver it later or keep it in the journal, the staged bytes under
-    ``save_dir``, for ``lightning-mlflow sync``. Images and tables logged through MLflow's client are the
-    exception: they are tried once.
+    ``save_dir``, for ``lightning-mlflow sync``.
     """
 
     def __init__(
@@ -227,10 +226,25 @@ class ArtifactUploader:
 
         self.submit(f"log image {key} at step {step}", prepare_keyed)
 
-    def log_table(self, data: Any, artifact_file: str) -> None:
-        self._submit_direct(
-            f"log table {artifact_file}", lambda: self._client.log_table(self._run_id, data, artifact_file)
-        )
+    def log_table(self, write: Callable[[str], None], artifact_file: str) -> None:
+        """A table: ``write(path)`` writes the whole table (see ``values.media.write_table``) on the worker."""
+
+        def prepare() -> list[ArtifactOp]:
+            staged = self._staged(artifact_file)
+            write(str(staged))
+            return [ArtifactOp("put", str(staged), posixpath.dirname(artifact_file) or None)]
+
+        self.submit(f"log table {artifact_file}", prepare)
+
+    def model_folder(self) -> Path:
+        """Where to save an MLflow Model for ``log_model``: a path under staging that does not exist yet."""
+        return self._staged("model")
+
+    def log_model(self, folder: Path, details: Mapping[str, Any]) -> None:
+        """Make a logged model of the MLflow Model saved in ``folder`` (from ``model_folder``), as
+        ``delivery.logged_models.model_details`` describes it; the folder is removed once the store has it."""
+        op = ArtifactOp("model", str(folder), None, dict(details))
+        self.submit(op.describe(), lambda: [op])
 
     def _staged(self, artifact_file: str) -> Path:
         """A fresh file in a folder of its own under staging, named like ``artifact_file``."""

@@ -5,7 +5,12 @@ One place, so a user's ``search_runs`` filter, a dashboard and the code agree on
 
 from __future__ import annotations
 
-from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_LOGGED_ARTIFACTS,
+    MLFLOW_LOGGED_IMAGES,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+)
 
 __all__ = [
     "BEST_MODEL_ID_TAG",
@@ -19,6 +24,7 @@ __all__ = [
     "LINEAGE_PROBLEMS_TAG",
     "LINEAGE_TAG",
     "MAX_TAG_VALUE",
+    "MLFLOW_LOGGED_ARTIFACTS",
     "MLFLOW_LOGGED_IMAGES",
     "MLFLOW_PARENT_RUN_ID",
     "MLFLOW_RUN_NAME",

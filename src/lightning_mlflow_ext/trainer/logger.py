@@ -29,16 +29,16 @@ from lightning_mlflow_ext.delivery.uploader import snapshot
 from lightning_mlflow_ext.delivery.writer import TAIL_POINTS, MetricPoint
 from lightning_mlflow_ext.errors import LightningMLflowError
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
-from lightning_mlflow_ext.run.models import BEST_ALIAS, log_best_model
+from lightning_mlflow_ext.run.models import BEST_ALIAS, save_best_model
 from lightning_mlflow_ext.run.session import PARK_RESERVE_S, FinalStatus, RunSession
 from lightning_mlflow_ext.run.tags import (
-    BEST_MODEL_ID_TAG,
     CHANGED_PARAMS_TAG,
     EPOCH_AXIS_KEYS_TAG,
     LINEAGE_CHANGED_TAG,
     LINEAGE_PROBLEMS_TAG,
     LINEAGE_TAG,
     MAX_TAG_VALUE,
+    MLFLOW_LOGGED_ARTIFACTS,
     MLFLOW_LOGGED_IMAGES,
     PARTIAL_TAG,
     REGISTERED_MODEL_TAG,
@@ -61,7 +61,7 @@ from lightning_mlflow_ext.values.keys import (
     strip_url_credentials,
     truncate_value,
 )
-from lightning_mlflow_ext.values.media import artifact_path, dict_text, figure_bytes, image_array, table_copy
+from lightning_mlflow_ext.values.media import Tables, artifact_path, dict_text, figure_bytes, image_array, write_table
 from lightning_mlflow_ext.warn_once import WarnOnce
 
 if TYPE_CHECKING:
@@ -203,6 +203,7 @@ class MLflowLogger(Logger):
         self._epoch_axis_allowed = True
         self._interrupted = False
         self._images_tagged = False
+        self._tables: Tables | None = None  # what log_table wrote, per file (MLflow appends rows)
         self._axis_tags_sent: tuple[str, ...] | None = None
         self._auto_steps: dict[str, int] = {}
         self._changed_params: dict[str, str] = {}
@@ -470,8 +471,15 @@ class MLflowLogger(Logger):
 
     @rank_zero_only
     def log_table(self, data: Any, artifact_file: str) -> None:
-        """A dict of columns or a pandas DataFrame, as MLflow's JSON table ``artifact_file``."""
-        self._session.uploader.log_table(table_copy(data), artifact_path(artifact_file, what="table"))
+        """A dict of columns or a pandas DataFrame, as MLflow's table ``artifact_file`` (.json or .parquet);
+        logged again to the same file, the rows are appended, as ``mlflow.log_table`` does."""
+        name = artifact_path(artifact_file, what="table")
+        if self._tables is None:
+            self._tables = Tables(self._session.initial_tags.get(MLFLOW_LOGGED_ARTIFACTS))
+        frame, listed = self._tables.add(data, name)
+        self._session.uploader.log_table(lambda path: write_table(frame, path), name)
+        if listed is not None:
+            self._session.set_tags({MLFLOW_LOGGED_ARTIFACTS: listed})
 
     @rank_zero_only
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -608,23 +616,23 @@ class MLflowLogger(Logger):
                 if self._mirror is not None
                 else Path(os.path.abspath(best.best_model_path)).as_uri()
             )
-            logged = log_best_model(
-                self._session.client,
-                run_id=self._session.run_id,
+            folder = self._session.uploader.model_folder()
+            details = save_best_model(
+                module,
+                folder,
                 experiment_id=self._session.experiment_id,
-                module=module,
                 checkpoint_artifact=checkpoint,
                 step=trainer.global_step,
                 metrics=metrics,
                 registered_model_name=self._registered_model_name,
             )
         except Exception as exc:  # the fit succeeded; a model that could not be saved must not undo that
-            log.warning("Could not log the best checkpoint %s as an MLflow Model: %s", best.best_model_path, exc)
+            log.warning("Could not save the best checkpoint %s as an MLflow Model: %s", best.best_model_path, exc)
             return
-        tags = {BEST_MODEL_ID_TAG: logged.model_id}
-        if logged.registered_version is not None:
-            tags[REGISTERED_MODEL_TAG] = f"{self._registered_model_name}@{BEST_ALIAS}"
-        self._session.set_tags(tags)
+        # Logged and registered in the background, like every write; the model's id reaches the run's tags then.
+        self._session.uploader.log_model(folder, details)
+        if self._registered_model_name:
+            self._session.set_tags({REGISTERED_MODEL_TAG: f"{self._registered_model_name}@{BEST_ALIAS}"})
 
     def _wait_for_uploads(self, deadline: float) -> None:
         if not self._session.has_uploader:
@@ -796,6 +804,8 @@ class MLflowLogger(Logger):
         self._axes_seeded = False
         self._axis_tags_sent = None
         self._changed_params = {}
+        self._tables = None
+        self._images_tagged = False
 
     def _seed_axes(self) -> None:
         if not self._axes_seeded:

@@ -5,7 +5,6 @@ Rendering is done right away (so the caller may change or close the object); upl
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import posixpath
@@ -80,5 +79,44 @@ def dict_text(data: Any, artifact_file: str) -> str:
     return json.dumps(data, indent=2, default=str)
 
 
-def table_copy(data: Any) -> Any:
-    return data.copy() if hasattr(data, "copy") and not isinstance(data, dict) else copy.deepcopy(data)
+TABLE_SUFFIXES = (".json", ".parquet")
+
+
+class Tables:
+    """The tables ``log_table`` wrote, as MLflow's ``log_table`` keeps them: a table logged again to the same
+    file is appended to it (rows), and the run's ``mlflow.loggedArtifacts`` tag lists every table file, which is
+    what MLflow's UI looks for to show a table."""
+
+    def __init__(self, logged_artifacts_tag: str | None = None) -> None:
+        try:
+            listed = json.loads(logged_artifacts_tag or "[]")
+        except ValueError:
+            listed = []
+        self._listed: list[dict[str, str]] = [item for item in listed if isinstance(item, dict)]
+        self._frames: dict[str, Any] = {}
+
+    def add(self, data: Any, artifact_file: str) -> tuple[Any, str | None]:
+        """The whole table ``artifact_file`` now holds (a DataFrame of its own, safe to write on another thread),
+        and the new value of the ``mlflow.loggedArtifacts`` tag (None: unchanged)."""
+        import pandas as pd
+
+        if not artifact_file.endswith(TABLE_SUFFIXES):
+            raise ValueError(f"table {artifact_file!r}: MLflow's tables are .json or .parquet files")
+        frame = pd.DataFrame(data).copy(deep=True)
+        before = self._frames.get(artifact_file)
+        if before is not None:
+            frame = pd.concat([before, frame], ignore_index=True)
+        self._frames[artifact_file] = frame
+        entry = {"path": artifact_file, "type": "table"}
+        if entry in self._listed:
+            return frame, None
+        self._listed.append(entry)
+        return frame, json.dumps(self._listed)
+
+
+def write_table(frame: Any, path: str) -> None:
+    """As MLflow's ``log_table`` writes a table: JSON in pandas' split orientation, or Parquet."""
+    if path.endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="split", index=False, date_format="iso")

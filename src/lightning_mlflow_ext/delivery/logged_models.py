@@ -1,0 +1,116 @@
+"""Logging a staged MLflow Model into a run as a logged model, optionally registered under an alias: the
+``model`` artifact change, made exactly once however often it is replayed.
+
+A replay after a partial success (the model created, its files not all stored; the version created, the alias
+not set) finds what was done by the change's own id, a tag on the logged model, and does only the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities.logged_model import LoggedModel
+from mlflow.entities.logged_model_status import LoggedModelStatus
+from mlflow.exceptions import MlflowException
+
+from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault
+
+log = logging.getLogger(__name__)
+
+#: On every logged model this package makes: the id of the change that made it (finds it again on a replay).
+CHANGE_ID_TAG = "lightning_mlflow_ext.change_id"
+
+
+def model_details(
+    *,
+    change_id: str,
+    experiment_id: str,
+    name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+    model_type: str,
+    run_tag: str | None = None,
+    registered_model_name: str | None = None,
+    alias: str | None = None,
+) -> dict[str, Any]:
+    """What a ``model`` change carries. ``run_tag``: a run tag to set to the new model's id."""
+    return {
+        "change_id": change_id,
+        "experiment_id": experiment_id,
+        "name": name,
+        "tags": dict(tags),
+        "params": dict(params),
+        "model_type": model_type,
+        "run_tag": run_tag,
+        "registered_model_name": registered_model_name,
+        "alias": alias,
+    }
+
+
+def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: Mapping[str, Any]) -> LoggedModel:
+    """Make the logged model of ``folder`` (an MLflow Model saved on disk) in the run, register it, return it."""
+    if not (folder / "MLmodel").is_file():
+        raise DeliveryError(f"the staged model {folder} is gone (stored already, or removed)", Fault.ONE_RECORD)
+    model = _find_or_create(client, run_id, details)
+    if model.status != LoggedModelStatus.READY:
+        try:
+            client.log_model_artifacts(model.model_id, str(folder))
+        except Exception:
+            _mark_failed_quietly(client, model.model_id)
+            raise
+        model = client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    if details.get("run_tag"):
+        client.set_tag(run_id, str(details["run_tag"]), model.model_id)
+    name = details.get("registered_model_name")
+    if name:
+        _register(client, run_id, model, str(name), details.get("alias"))
+    return model
+
+
+def _find_or_create(client: MlflowClient, run_id: str, details: Mapping[str, Any]) -> LoggedModel:
+    experiment_id = str(details["experiment_id"])
+    change_id = str(details["change_id"])
+    found = client.search_logged_models(
+        [experiment_id], filter_string=f"tags.`{CHANGE_ID_TAG}` = '{change_id}'", max_results=1
+    )
+    if found:
+        return found[0]
+    return client.create_logged_model(
+        experiment_id,
+        name=str(details["name"]),
+        source_run_id=run_id,
+        tags={**details.get("tags", {}), CHANGE_ID_TAG: change_id},
+        params=dict(details.get("params", {})),
+        model_type=str(details.get("model_type") or "") or None,
+    )
+
+
+def _register(client: MlflowClient, run_id: str, model: LoggedModel, name: str, alias: object) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    # Searched versions carry neither model_id nor aliases on every store: the source is the model's own.
+    version = next((v for v in existing if v.source == model.artifact_location), None)
+    if version is None:
+        # The model's own artifact location, not "models:/<id>": MLflow resolves that one through the global
+        # tracking URI, which need not be this run's store.
+        version = client.create_model_version(
+            name, source=model.artifact_location, run_id=run_id, model_id=model.model_id
+        )
+    if alias:
+        client.set_registered_model_alias(name, str(alias), str(version.version))
+
+
+def _mark_failed_quietly(client: MlflowClient, model_id: str) -> None:
+    """A model whose files did not all arrive is FAILED until a replay stores them and makes it READY."""
+    try:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    except Exception as exc:  # the store is gone too: the replay finds the model PENDING, which is as good
+        log.debug("could not mark logged model %s FAILED: %s", model_id, exc)
