@@ -1,4 +1,5 @@
-"""Behaviour of lightning_mlflow_ext.values.keys: MLflow names, hyperparameter flattening and rendering, secrets."""
+"""Behaviour of the values modules names, hparams, redaction and urls: MLflow names, hyperparameter flattening
+and rendering, secrets."""
 
 from __future__ import annotations
 
@@ -22,22 +23,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_mlflow_ext.values.keys import (
+from lightning_mlflow_ext.values.hparams import flatten_hparams, render_hparams, render_value
+from lightning_mlflow_ext.values.names import (
     MAX_ENTITY_KEY_LENGTH,
     MAX_PARAM_VAL_LENGTH,
-    REDACTED,
     NameMapper,
-    flatten_hparams,
-    is_secret_key,
     is_valid_name,
-    redact_secrets,
-    render_hparams,
-    render_value,
-    strip_url_credentials,
     truncate_value,
 )
+from lightning_mlflow_ext.values.redaction import REDACTED, is_secret_key, redact_secrets
+from lightning_mlflow_ext.values.urls import strip_url_credentials
 
-KEYS_PY = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "values" / "keys.py"
+VALUES_DIR = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "values"
+VALUES_MODULES = ("names", "hparams", "redaction", "urls")
 
 
 def sha8(text: str) -> str:
@@ -47,25 +45,44 @@ def sha8(text: str) -> str:
 # ---- module ---------------------------------------------------------------------------------------------
 
 
-def test_module_docstring_states_the_modules_job_in_two_lines() -> None:
-    source = KEYS_PY.read_text(encoding="utf-8")
-    assert source.startswith(
-        '"""MLflow names and values: sanitizing metric/param/tag keys, flattening and rendering '
-        'hyperparameters,\nredacting secrets."""\n'
-    )
+@pytest.mark.parametrize(
+    ("module", "docstring"),
+    [
+        (
+            "names",
+            '"""MLflow names: which metric/param/tag keys MLflow accepts, and NameMapper, which maps every user key '
+            'to a\nvalid name no other key has; MLflow\'s length limits and truncate_value for values."""\n',
+        ),
+        (
+            "hparams",
+            '"""Hyperparameters as MLflow params: flattening nested containers (OmegaConf configs included) into\n'
+            '``a/b`` keys, and rendering values as text that is the same in every process, secrets redacted."""\n',
+        ),
+        (
+            "redaction",
+            '"""Secrets in hyperparameters and tags: Redactor (the built-in secret words plus the user\'s '
+            '``redact=``\npatterns), is_secret_key and redact_secrets, whose values are recorded as REDACTED."""\n',
+        ),
+        ("urls", '"""Credentials out of URLs, before any text reaches a run.\n'),
+    ],
+)
+def test_module_docstring_states_the_modules_job_in_two_lines(module: str, docstring: str) -> None:
+    source = (VALUES_DIR / f"{module}.py").read_text(encoding="utf-8")
+    assert source.startswith(docstring)
 
 
-def run_keys_alone(code: str, hash_seed: str = "0") -> str:
-    """Run ``code`` in a fresh interpreter where ``keys`` is keys.py loaded on its own; return its stdout.
+def run_alone(module: str, code: str, hash_seed: str = "0") -> str:
+    """Run ``code`` in a fresh interpreter where the name ``module`` is values/<module>.py loaded on its own;
+    return its stdout.
 
     On its own because the package __init__ imports the logger, which imports lightning anyway.
     """
     loader = textwrap.dedent(
         f"""
         import importlib.util, sys
-        spec = importlib.util.spec_from_file_location("keys_alone", {str(KEYS_PY)!r})
-        keys = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(keys)
+        spec = importlib.util.spec_from_file_location("{module}_alone", {str(VALUES_DIR / f"{module}.py")!r})
+        {module} = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module({module})
         """
     )
     result = subprocess.run(
@@ -78,9 +95,10 @@ def run_keys_alone(code: str, hash_seed: str = "0") -> str:
     return result.stdout.strip()
 
 
-def test_importing_keys_does_not_import_torch_omegaconf_or_lightning() -> None:
+@pytest.mark.parametrize("module", VALUES_MODULES)
+def test_importing_a_values_module_does_not_import_torch_omegaconf_or_lightning(module: str) -> None:
     heavy = ("torch", "omegaconf", "lightning", "pytorch_lightning")
-    assert run_keys_alone(f"print(sorted(m for m in {heavy!r} if m in sys.modules))") == "[]"
+    assert run_alone(module, f"print(sorted(m for m in {heavy!r} if m in sys.modules))") == "[]"
 
 
 def test_limits_are_mlflows() -> None:
@@ -241,9 +259,9 @@ def test_mapping_is_deterministic_across_instances_and_processes() -> None:
     assert [first.map(key) for key in keys] == expected
     assert [second.map(key) for key in keys] == expected
     # Other interpreters have other hash() salts; the names must not depend on them.
-    code = f"m = keys.NameMapper()\nprint(repr([m.map(k) for k in {keys!r}]))"
+    code = f"m = names.NameMapper()\nprint(repr([m.map(k) for k in {keys!r}]))"
     for seed in ("1", "2"):
-        assert run_keys_alone(code, hash_seed=seed) == repr(expected)
+        assert run_alone("names", code, hash_seed=seed) == repr(expected)
 
 
 def test_concurrent_callers_never_share_a_name() -> None:
@@ -499,9 +517,9 @@ def test_set_order_does_not_depend_on_the_hash_seed() -> None:
     words = ["delta", "alpha", "charlie", "bravo", "echo"]
     expected = "{alpha, bravo, charlie, delta, echo}"
     assert render_value(set(words)) == expected
-    code = f"print(keys.render_value(set({words!r})))"
+    code = f"print(hparams.render_value(set({words!r})))"
     for seed in ("1", "2", "3"):
-        assert run_keys_alone(code, hash_seed=seed) == expected
+        assert run_alone("hparams", code, hash_seed=seed) == expected
 
 
 def test_self_containing_list_renders_without_recursing_forever() -> None:

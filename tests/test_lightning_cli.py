@@ -16,7 +16,7 @@ import mlflow
 import yaml
 
 from lightning_mlflow_ext.trainer.cli import _redact
-from lightning_mlflow_ext.values.keys import DEFAULT_REDACTOR, REDACTED, Redactor
+from lightning_mlflow_ext.values.redaction import DEFAULT_REDACTOR, REDACTED, Redactor
 
 SCRIPT = Path(__file__).with_name("cli_train.py")
 EXPERIMENT = "cli"

@@ -1,5 +1,5 @@
-"""Properties of keys.py that hold for every input, checked with hypothesis: MLflow names, flattening, rendering,
-redaction; and the user's own ``redact=`` patterns, read back from real runs."""
+"""Properties of the values modules that hold for every input, checked with hypothesis: MLflow names,
+flattening, rendering, redaction; and the user's own ``redact=`` patterns, read back from real runs."""
 
 from __future__ import annotations
 
@@ -28,20 +28,11 @@ from omegaconf.errors import UnsupportedValueType
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger, autolog
-from lightning_mlflow_ext.values.keys import (
-    MAX_ENTITY_KEY_LENGTH,
-    REDACTED,
-    NameMapper,
-    Redactor,
-    flatten_hparams,
-    is_secret_key,
-    is_valid_name,
-    redact_secrets,
-    render_hparams,
-    render_value,
-)
+from lightning_mlflow_ext.values.hparams import flatten_hparams, render_hparams, render_value
+from lightning_mlflow_ext.values.names import MAX_ENTITY_KEY_LENGTH, NameMapper, is_valid_name
+from lightning_mlflow_ext.values.redaction import REDACTED, Redactor, is_secret_key, redact_secrets
 
-KEYS_PY = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "values" / "keys.py"
+NAMES_PY = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "values" / "names.py"
 
 # No example database: nothing is written into the checkout, and every run draws afresh.
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
@@ -213,10 +204,10 @@ def test_names_are_the_same_in_a_process_with_another_string_hash_seed(key_list:
     code = textwrap.dedent(
         f"""
         import importlib.util, json, sys
-        spec = importlib.util.spec_from_file_location("keys_alone", {str(KEYS_PY)!r})
-        keys = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(keys)
-        mapper = keys.NameMapper()
+        spec = importlib.util.spec_from_file_location("names_alone", {str(NAMES_PY)!r})
+        names = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(names)
+        mapper = names.NameMapper()
         print(json.dumps({{"hash": hash("probe"), "names": [mapper.map(k) for k in json.load(sys.stdin)]}}))
         """
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning_mlflow_ext.lineage.content import nearest_dir
 from lightning_mlflow_ext.lineage.errors import DVC_INSTALL_HINT, DVCNotInstalledError, SourceLoadError
-from lightning_mlflow_ext.run.urls import strip_url_credentials
+from lightning_mlflow_ext.values.urls import strip_url_credentials
 
 __all__ = ["DVCPathState", "dvc_installed", "dvc_path_state", "dvc_tracking_file", "export_path"]
 

@@ -16,7 +16,7 @@ from lightning_mlflow_ext.lineage.content import dvc_md5, git_object_sha, size_a
 from lightning_mlflow_ext.lineage.dvc import DVCPathState, dvc_installed, dvc_path_state, dvc_tracking_file
 from lightning_mlflow_ext.lineage.errors import DVC_INSTALL_HINT, DataPathNotFoundError
 from lightning_mlflow_ext.lineage.git import GitPathState, git_path_state, has_changes
-from lightning_mlflow_ext.run.urls import strip_url_credentials
+from lightning_mlflow_ext.values.urls import strip_url_credentials
 from lightning_mlflow_ext.warn_once import WarnOnce
 
 __all__ = ["DIGEST_LENGTH", "Fingerprint", "fingerprint"]

@@ -17,7 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLO
 
 from lightning_mlflow_ext.lineage.content import nearest_dir
 from lightning_mlflow_ext.lineage.errors import SourceLoadError
-from lightning_mlflow_ext.run.urls import strip_url_credentials
+from lightning_mlflow_ext.values.urls import strip_url_credentials
 
 __all__ = [
     "DIFF_LIMIT",

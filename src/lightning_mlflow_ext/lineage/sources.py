@@ -27,7 +27,7 @@ from mlflow.data.dataset_source import DatasetSource
 from lightning_mlflow_ext.lineage import dvc as dvc_lineage
 from lightning_mlflow_ext.lineage import git as git_lineage
 from lightning_mlflow_ext.lineage.errors import SourceLoadError
-from lightning_mlflow_ext.run.urls import strip_url_credentials
+from lightning_mlflow_ext.values.urls import strip_url_credentials
 
 __all__ = ["DVCDatasetSource", "GitDatasetSource", "SourceURI", "format_source_uri", "parse_source_uri"]
 

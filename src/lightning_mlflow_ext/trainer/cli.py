@@ -20,8 +20,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-# Before this package's keys module: importing MLflow loads its mlflow.dataset_source entry points, which import
-# keys, and would find it half-initialized if keys (which imports MLflow) came first.
+# Before this package's values modules: importing MLflow loads its mlflow.dataset_source entry points, which
+# import values.urls; MLflow first means they load it whole rather than find a values module half-initialized.
 import mlflow  # noqa: F401
 import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -29,7 +29,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
 from lightning_mlflow_ext.trainer.logger import MLflowLogger
-from lightning_mlflow_ext.values.keys import REDACTED, Redactor, is_secret_key, strip_url_credentials
+from lightning_mlflow_ext.values.redaction import REDACTED, Redactor, is_secret_key
+from lightning_mlflow_ext.values.urls import strip_url_credentials
 
 __all__ = ["MLflowSaveConfigCallback"]
 

@@ -51,17 +51,11 @@ from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
 from lightning_mlflow_ext.trainer.coexist import mute_mlflow_autolog_metrics
 from lightning_mlflow_ext.trainer.summaries import trainer_callbacks
 from lightning_mlflow_ext.values.axes import EPOCH_KEY, StepAxes, StepAxis
-from lightning_mlflow_ext.values.keys import (
-    NameMapper,
-    Redactor,
-    RedactPatterns,
-    redact_secrets,
-    render_hparams,
-    render_value,
-    strip_url_credentials,
-    truncate_value,
-)
+from lightning_mlflow_ext.values.hparams import render_hparams, render_value
 from lightning_mlflow_ext.values.media import Tables, artifact_path, dict_text, figure_bytes, image_array, write_table
+from lightning_mlflow_ext.values.names import NameMapper, truncate_value
+from lightning_mlflow_ext.values.redaction import Redactor, RedactPatterns, redact_secrets
+from lightning_mlflow_ext.values.urls import strip_url_credentials
 from lightning_mlflow_ext.warn_once import WarnOnce
 
 if TYPE_CHECKING:
@@ -127,7 +121,7 @@ class MLflowLogger(Logger):
             A failure ends the run FAILED (KILLED on Ctrl-C / SIGTERM) either way, except a user's own active run.
         redact: your own patterns for hyperparameter and tag keys whose values are recorded as ``[redacted]``,
             on top of the built-in ones (password, token, api_key, ...): words matched as whole segments of
-            the key (``"wandb_key"``) or regular expressions (``r"^internal/"``); see ``keys.Redactor``.
+            the key (``"wandb_key"``) or regular expressions (``r"^internal/"``); see ``redaction.Redactor``.
             A pattern that cannot work raises ValueError here, before any run is touched.
 
     Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["strip_url_credentials"]
+
+# scheme "://" userinfo "@". The userinfo stops at what ends an authority ("/", "?", "#") and at whitespace,
+# quotes and brackets, so in rendered text such as "{'a': 'https://host', 'b': 'x@y'}" the match cannot run
+# from one value into the next. "@" is allowed inside and matching is greedy, so a raw "@" in a password
+# ("user:p@ss@host") is stripped up to the last "@". scp-like "git@host:repo" has no "://" and is left alone.
 _URL_USERINFO = re.compile(r"""([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#"'<>\[\]{}|\\^`]*@""")
 
 
