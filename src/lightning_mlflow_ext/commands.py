@@ -84,6 +84,7 @@ def _lineage(args: argparse.Namespace) -> int:
     import json
 
     from lightning_mlflow_ext.lineage import DataPathNotFoundError, dataset_source, fingerprint
+    from lightning_mlflow_ext.lineage.dataset import LineageDataset
 
     try:
         fp = fingerprint(args.path, check_remote=not args.no_remote)
@@ -91,7 +92,8 @@ def _lineage(args: argparse.Namespace) -> int:
         print(f"lightning-mlflow lineage: {exc}", file=sys.stderr)
         return 2
     source = dataset_source(fp)
-    record = {**fp.to_dict(), "source_type": source._get_source_type(), "source": source.to_dict()}
+    kind = LineageDataset(source, args.path, fp).source_type
+    record = {**fp.to_dict(), "source_type": kind, "source": source.to_dict()}
     print(json.dumps(record, indent=2))
     return 1 if args.check and not fp.reproducible else 0
 

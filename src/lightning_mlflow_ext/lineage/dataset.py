@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -72,6 +73,15 @@ class LineageDataset(MetaDataset):
         config["profile"] = json.dumps(self.profile, sort_keys=True)
         return config
 
+    @property
+    def source_type(self) -> str:
+        """The type MLflow records for the source (``git``, ``dvc``, ``local``, ...)."""
+        return self.to_entity().source_type
+
+    def to_entity(self) -> DatasetEntity:
+        """The MLflow ``Dataset`` entity a run's dataset input carries."""
+        return self._to_mlflow_entity()
+
 
 def lineage_dataset(
     split: str, data: str | os.PathLike[str] | Fingerprint, *, check_remote: bool = True
@@ -105,7 +115,7 @@ def dataset_records(
     built = _built(datasets, check_remote)
     records: list[DatasetRecord] = []
     for split, dataset in built.items():
-        entity = dataset._to_mlflow_entity()
+        entity = dataset.to_entity()
         record = {
             "name": entity.name,
             "digest": entity.digest,
@@ -133,7 +143,7 @@ def log_datasets(
     """
     built = _built(datasets, check_remote)
     inputs = [
-        DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
+        DatasetInput(dataset.to_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
         for split, dataset in built.items()
     ]
     if inputs:
