@@ -45,7 +45,7 @@ from mlflow_server import (  # noqa: F401  (re-exported: ``from conftest import 
     _port_is_bindable,
 )
 
-from lightning_mlflow_ext.run.session import end_open_runs
+from lightning_mlflow_ext.run.open_runs import end_open_runs
 
 pytest_plugins = ["team_server_fixtures", "fault_fixtures"]
 
