@@ -9,10 +9,10 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from lightning_mlflow_ext.delivery.journal_files import (
+    RecordReader,
     claim_new_file,
     close_quietly,
     find_journals,
@@ -21,7 +21,6 @@ from lightning_mlflow_ext.delivery.journal_files import (
     open_locked,
     read_header,
     replace_locked,
-    whole_lines,
     write_all,
 )
 from lightning_mlflow_ext.delivery.records import Header, Record, to_lines
@@ -59,7 +58,6 @@ class Journal:
         self.path = path
         self.header = header
         self.lost_points = 0
-        self.skipped_lines = 0
         self._home = path  # where a new file of this journal starts; self.path moves to a sibling if it's taken
         self._lock = threading.Lock()
         self._fd: int | None = None  # open and flock-ed while this instance uses the file
@@ -74,7 +72,7 @@ class Journal:
         # Offsets move when the file is rewritten or changes hands: a peek from before then can't be advanced.
         self._generation = 0
         self._peeked: tuple[int, int, int, int] | None = None  # generation, end offset, records, points
-        self._skipped_at: set[int] = set()
+        self._reader = RecordReader(log)  # skipped lines are reported under this module's name
         self._needs_newline = False  # the file ends in a cut line this process could not terminate yet
         self._problem: str | None = None
         self._warn_once = WarnOnce(log)
@@ -139,6 +137,11 @@ class Journal:
         return self._pending > 0 and self.path.exists()
 
     @property
+    def skipped_lines(self) -> int:
+        """Lines that were not whole records (a process stopped while writing them), skipped and reported."""
+        return self._reader.skipped_lines
+
+    @property
     def problem(self) -> str | None:
         """Why the journal could not keep or read writes, the last time it could not; None if it always could."""
         return self._problem
@@ -170,7 +173,7 @@ class Journal:
             try:
                 if not self._pending or not self._hold():
                     return records, end
-                for record, past in self._records(self._cursor):
+                for record, past in self._reader.records(self.path, self._cursor):
                     records.append(record)
                     end = past
                     points += record.size
@@ -194,7 +197,9 @@ class Journal:
             points = peeked[3]
             if peeked[1:3] != (offset, count):  # not what was peeked: count what is really up to the offset
                 try:
-                    points = sum(record.size for record, end in self._records(self._cursor) if end <= offset)
+                    points = sum(
+                        record.size for record, end in self._reader.records(self.path, self._cursor) if end <= offset
+                    )
                 except OSError as exc:
                     self._cannot_read(exc)
                     return
@@ -297,19 +302,9 @@ class Journal:
         """Count the records in the locked file as this journal's pending writes; end a cut last line."""
         before = self._pending_points
         self._reset(cursor=0)
-        self._pending = self._pending_points = 0
-        with self.path.open("rb") as handle:
-            self._start = self._cursor = offset = len(handle.readline())
-            for number, raw in enumerate(handle, start=2):
-                if not raw.endswith(b"\n"):
-                    self._skip(offset, number)
-                    self._needs_newline = True
-                    break
-                record = self._parse(offset, raw, number)
-                offset += len(raw)
-                if record is not None:
-                    self._pending += 1
-                    self._pending_points += record.size
+        self._pending = self._pending_points = 0  # a file that cannot be read holds nothing this journal counts
+        self._start, self._pending, self._pending_points, self._needs_newline = self._reader.count(self.path)
+        self._cursor = self._start
         # What another process delivered from this file meanwhile is no longer this journal's to deliver.
         self.handed_over_points += max(before - self._pending_points, 0)
         if self._needs_newline:
@@ -330,7 +325,7 @@ class Journal:
             assert self._fd is not None
             os.fsync(self._fd)
             return
-        rest = [record for record, _ in self._records(self._cursor)]
+        rest = [record for record, _ in self._reader.records(self.path, self._cursor)]
         header = self.header.to_line()
         self._fd = replace_locked(self.path, header + to_lines(front) + to_lines(rest), self._close_fd)
         self._reset(cursor=len(header))
@@ -380,41 +375,8 @@ class Journal:
         self._cursor = cursor
         self._generation += 1
         self._peeked = None
-        self._skipped_at.clear()
+        self._reader.new_file()
         self._needs_newline = False
-
-    # ---- reading ------------------------------------------------------------------------------
-
-    def _records(self, start: int) -> Iterator[tuple[Record, int]]:
-        """Each record from byte ``start`` on, with the offset just past it; lines that don't parse are skipped."""
-        for offset, raw in whole_lines(self.path, start):
-            record = self._parse(offset, raw)
-            if record is not None:
-                yield record, offset + len(raw)
-
-    def _parse(self, offset: int, raw: bytes, number: int | None = None) -> Record | None:
-        if not raw.strip():
-            return None  # an empty line holds no write
-        try:
-            return Record.from_json(raw.decode("utf-8"))
-        except (ValueError, TypeError, KeyError):
-            self._skip(offset, number)
-            return None
-
-    def _skip(self, offset: int, number: int | None) -> None:
-        if offset in self._skipped_at:
-            return
-        self._skipped_at.add(offset)
-        self.skipped_lines += 1
-        if number is None:
-            with self.path.open("rb") as handle:
-                number = handle.read(offset).count(b"\n") + 1
-        log.warning(
-            "Skipped line %d of the MLflow journal %s: it is not a whole record (a process was stopped while "
-            "writing it); the other writes in the file are replayed",
-            number,
-            self.path,
-        )
 
     # ---- faults -------------------------------------------------------------------------------
 

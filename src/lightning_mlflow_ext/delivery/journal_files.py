@@ -1,4 +1,5 @@
-"""The files under a journal: where they are, who holds them (``flock``), and writes that survive a crash.
+"""The files under a journal: where they are, who holds them (``flock``), reading records back, and writes
+that survive a crash.
 
 Plain functions on paths and descriptors; ``journal.Journal`` decides what goes in them and when.
 """
@@ -8,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lightning_mlflow_ext.delivery.records import FORMAT_VERSION, Header
+from lightning_mlflow_ext.delivery.records import FORMAT_VERSION, Header, Record
 from lightning_mlflow_ext.errors import JournalCorruptError
 
 try:
@@ -193,6 +195,68 @@ def whole_lines(path: Path, start: int) -> Iterator[tuple[int, bytes]]:
                 return
             yield start, raw
             start += len(raw)
+
+
+class RecordReader:
+    """Records read back from journal files. A line that does not parse (a process was stopped while writing it)
+    is skipped, counted in ``skipped_lines`` and reported once, with the file and line number, on ``log``."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.skipped_lines = 0
+        self._log = log
+        self._skipped_at: set[int] = set()
+
+    def new_file(self) -> None:
+        """Offsets are those of another file from now on."""
+        self._skipped_at.clear()
+
+    def count(self, path: Path) -> tuple[int, int, int, bool]:
+        """What the journal file at ``path`` holds: the offset its records start at (past the header), how many
+        there are, their points, and whether its last line was cut (no newline)."""
+        records = points = 0
+        with path.open("rb") as handle:
+            start = offset = len(handle.readline())
+            for number, raw in enumerate(handle, start=2):
+                if not raw.endswith(b"\n"):
+                    self._skip(path, offset, number)
+                    return start, records, points, True
+                record = self._parse(path, offset, raw, number)
+                offset += len(raw)
+                if record is not None:
+                    records += 1
+                    points += record.size
+        return start, records, points, False
+
+    def records(self, path: Path, start: int) -> Iterator[tuple[Record, int]]:
+        """Each record from byte ``start`` on, with the offset just past it; lines that don't parse are skipped."""
+        for offset, raw in whole_lines(path, start):
+            record = self._parse(path, offset, raw)
+            if record is not None:
+                yield record, offset + len(raw)
+
+    def _parse(self, path: Path, offset: int, raw: bytes, number: int | None = None) -> Record | None:
+        if not raw.strip():
+            return None  # an empty line holds no write
+        try:
+            return Record.from_json(raw.decode("utf-8"))
+        except (ValueError, TypeError, KeyError):
+            self._skip(path, offset, number)
+            return None
+
+    def _skip(self, path: Path, offset: int, number: int | None) -> None:
+        if offset in self._skipped_at:
+            return
+        self._skipped_at.add(offset)
+        self.skipped_lines += 1
+        if number is None:
+            with path.open("rb") as handle:
+                number = handle.read(offset).count(b"\n") + 1
+        self._log.warning(
+            "Skipped line %d of the MLflow journal %s: it is not a whole record (a process was stopped while "
+            "writing it); the other writes in the file are replayed",
+            number,
+            path,
+        )
 
 
 # ---- writing ------------------------------------------------------------------------------------
