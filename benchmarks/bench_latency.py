@@ -125,7 +125,7 @@ def _phase_probe(proxy: Any, steps: int, logger: Any) -> Any:
                 self.last_end = (time.perf_counter(), proxy.requests_by_path)
                 writer = getattr(logger._session, "_writer", None)  # private: the points still waiting to be sent
                 with contextlib.suppress(Exception):
-                    self.queued_at_last_batch = int(writer._enqueued - writer._done)
+                    self.queued_at_last_batch = int(writer._worker.queued - writer._worker.done)
 
     return PhaseProbe()
 

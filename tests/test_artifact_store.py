@@ -70,7 +70,7 @@ def test_uploads_run_at_a_lower_cpu_priority_than_training(tracking_uri, client,
     run_id = _run(client, experiment_name)
     artifacts = RunArtifacts(client, run_id, tracking_uri)
     handed_off: list = []
-    uploader = ArtifactUploader(client, run_id, artifacts, tmp_path / "staging", hand_off=handed_off.extend)
+    uploader = ArtifactUploader(run_id, artifacts, tmp_path / "staging", hand_off=handed_off.extend)
     local = tmp_path / "w.ckpt"
     local.write_bytes(os.urandom(1_000_000))
     seen: list[tuple[int, int]] = []

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 
 from lightning_mlflow_ext import MLflowLogger
 from lightning_mlflow_ext.delivery.faults import Fault, classify_exception, classify_response
-from lightning_mlflow_ext.delivery.journal import ArtifactOp, Header, Journal, Record, journal_path
+from lightning_mlflow_ext.delivery.journal import Header, Journal, Record, journal_path
+from lightning_mlflow_ext.delivery.records import ArtifactOp
 from lightning_mlflow_ext.delivery.transport import HttpTransport
 from lightning_mlflow_ext.delivery.writer import RunWriter
 

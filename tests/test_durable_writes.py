@@ -184,8 +184,8 @@ def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_u
     import torch
 
     from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
-    from lightning_mlflow_ext.delivery.journal import ArtifactOp
     from lightning_mlflow_ext.delivery.logged_models import model_details
+    from lightning_mlflow_ext.delivery.records import ArtifactOp
     from lightning_mlflow_ext.run.models import mlflow_pytorch
 
     experiment_id = client.create_experiment(experiment_name)

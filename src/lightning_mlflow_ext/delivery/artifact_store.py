@@ -21,10 +21,10 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 from mlflow.utils.mime_type_utils import _guess_mime_type
 
+from lightning_mlflow_ext.delivery.endpoint import Endpoint
 from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault, classify_response
-from lightning_mlflow_ext.delivery.journal import ArtifactOp
 from lightning_mlflow_ext.delivery.logged_models import log_staged_model
-from lightning_mlflow_ext.delivery.transport import Endpoint
+from lightning_mlflow_ext.delivery.records import ArtifactOp
 
 #: Seconds a single send or receive of an upload may stall before it counts as failed.
 UPLOAD_TIMEOUT_S = 300.0

@@ -21,15 +21,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from mlflow import MlflowClient
 from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
 
 from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts, remove_staged
 from lightning_mlflow_ext.delivery.backoff import Backoff
 from lightning_mlflow_ext.delivery.faults import Fault, classify_exception
-from lightning_mlflow_ext.delivery.journal import ArtifactOp
+from lightning_mlflow_ext.delivery.records import ArtifactOp
+from lightning_mlflow_ext.delivery.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,6 @@ class ArtifactUploader:
 
     def __init__(
         self,
-        client: MlflowClient,
         run_id: str,
         artifacts: RunArtifacts,
         staging: Path,
@@ -103,44 +102,31 @@ class ArtifactUploader:
         *,
         retry_delays: tuple[float, float] = (0.25, 10.0),
     ) -> None:
-        self._client = client
         self._run_id = run_id
         self._artifacts = artifacts
         self.staging = staging
         self._hand_off = hand_off
         self._retry_delays = retry_delays
-        self._jobs: deque[tuple[str, Prepare | Callable[[], None], bool]] = deque()
+        self._jobs: deque[tuple[str, Prepare]] = deque()  # guarded by _cond
         self._cond = threading.Condition()
-        self._queued = 0
-        self._done = 0
-        self._report = UploadReport()
-        self._thread: threading.Thread | None = None
+        # Jobs are counted (queued, done) by the worker under _cond; its thread lowers its own CPU priority.
+        self._worker = BackgroundWorker(f"mlflow-uploads-{run_id[:8]}", self._run, self._cond)
+        self._report = UploadReport()  # guarded by _cond
         self._uploaded: dict[str, str] = {}  # artifact path -> sha256 last uploaded there (guarded by _cond)
+        # Written and read on the worker only (a new worker starts only once the last one has ended).
         self._handing_off = False  # a run-wide fault or a bug: every change goes to the writer from now on
-        self._parked = threading.Event()
+        self._parked = self._worker.stopping  # set by park(): what is left goes to the writer
         self._retry_now = threading.Event()
         self._current: list[ArtifactOp] = []  # what is left of the change being made (guarded by _cond)
-        self._abandoned = False  # park() took the worker's work over (guarded by _cond)
+        self._abandoned = False  # park() took the worker's current ops over (guarded by _cond)
 
     # ---- training-thread side ----------------------------------------------------------------
 
     def submit(self, description: str, prepare: Prepare) -> None:
-        """Queue a durable change: ``prepare`` runs on the worker and returns the artifact changes to make."""
-        self._enqueue(description, prepare, durable=True)
-
-    def _submit_direct(self, description: str, job: Callable[[], None]) -> None:
-        self._enqueue(description, job, durable=False)
-
-    def _enqueue(self, description: str, job: Prepare | Callable[[], None], *, durable: bool) -> None:
+        """Queue a change: ``prepare`` runs on the worker and returns the artifact changes to make."""
         with self._cond:
-            self._jobs.append((description, job, durable))
-            self._queued += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._parked.clear()
-                self._thread = threading.Thread(
-                    target=self._run, name=f"mlflow-uploads-{self._run_id[:8]}", daemon=True
-                )
-                self._thread.start()
+            self._jobs.append((description, prepare))
+            self._worker.add(1)
             self._cond.notify_all()
 
     def upload_with_metadata(self, local: Path, artifact_dir: str, metadata: dict[str, Any]) -> None:
@@ -263,46 +249,39 @@ class ArtifactUploader:
         """Wait until every queued change is made or handed to the writer, at most ``timeout`` seconds."""
         self._retry_now.set()  # a backoff in progress is cut short: the store may be back
         with self._cond:
-            target = self._queued
-            self._cond.wait_for(lambda: self._done >= target, timeout)
+            target = self._worker.queued
+        self._worker.wait_done(target, timeout)
+        with self._cond:
             report, self._report = self._report, UploadReport()
-            report.pending = self._queued - self._done
+            report.pending = self._worker.queued - self._worker.done
         return report
 
     def park(self, timeout: float) -> None:
         """Stop uploading: every change still queued is handed to the writer (nothing is dropped), within
         ``timeout`` seconds; an upload in flight is cut off and handed over too."""
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            return
-        self._parked.set()
-        self._retry_now.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._artifacts.abort()
-        thread.join(timeout)
-        if thread.is_alive():
+        if not self._worker.stop(timeout, self._interrupt):
             self._take_over()
+
+    def _interrupt(self) -> None:
+        """Cut short what the worker may be blocked in: a backoff, an upload in flight."""
+        self._retry_now.set()
+        self._artifacts.abort()
 
     def _take_over(self) -> None:
         """The worker is stuck (an upload that cannot be cut off, a large file being hashed): hand over, from this
         thread and in order, the rest of the change in progress and every queued one. The worker then drops what
-        it was doing; a change made twice is harmless (a file put again overwrites itself)."""
+        it was doing; a change made twice is harmless (a file put again overwrites itself). A change whose local
+        work is still running (a large checkpoint being hashed) is handed over by the worker once it is done."""
         log.warning("MLflow run %s: an upload did not stop in time; it is handed to the journal", self._run_id)
         with self._cond:
-            self._abandoned = True
+            self._abandoned = bool(self._current)
             ops = list(self._current)
             jobs = list(self._jobs)
             self._jobs.clear()
-            self._done += len(jobs)
-            self._cond.notify_all()
-        for description, job, durable in jobs:
-            if not durable:
-                with self._cond:
-                    self._report.failed.append(f"{description}: not made, the run ended with the store unreachable")
-                continue
+            self._worker.count_done(len(jobs))
+        for description, job in jobs:
             try:
-                ops.extend(cast(Prepare, job)())
+                ops.extend(job())
             except Exception as exc:
                 log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
         if ops:
@@ -317,27 +296,29 @@ class ArtifactUploader:
                 if not self._jobs and not self._parked.is_set():
                     self._cond.wait_for(lambda: bool(self._jobs) or self._parked.is_set(), timeout=30)
                 if not self._jobs:
-                    self._thread = None  # idle, or parked with nothing left: the next submit starts a new worker
+                    self._worker.retire()  # idle, or parked with nothing left: the next submit starts a new worker
                     return
-                description, job, durable = self._jobs.popleft()
+                description, job = self._jobs.popleft()
             try:
-                if not durable and self._parked.is_set():
-                    raise RuntimeError("not made: the run ended while the store did not take uploads")
-                if durable:
-                    self._make(cast(Prepare, job)())
-                else:
-                    job()
+                ops = job()  # local work: a change still here when park() takes over is handed over below
+                with self._cond:
+                    self._current = ops
+                self._make(ops)
             except Exception as exc:  # local work failed (a file gone, a full disk): the ones after it go on
                 log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
                 with self._cond:
                     self._report.failed.append(f"{description}: {exc}")
-            with self._cond:
-                self._done += 1
-                self._cond.notify_all()
+            self._worker.mark_done(1)
 
     def _make(self, ops: list[ArtifactOp]) -> None:
+        """Make ``ops`` in order (``_current`` already holds them); hand what is left to the writer once one
+        cannot be made."""
         for index, op in enumerate(ops):
             with self._cond:
+                if self._abandoned:  # park() handed the rest over meanwhile
+                    self._abandoned = False
+                    self._current = []
+                    return
                 self._current = ops[index:]
             applied = not (self._handing_off or self._parked.is_set()) and self._apply(op)
             with self._cond:

@@ -61,7 +61,7 @@ def open_uploader(
     """Background uploads into the run; what it cannot store becomes ``writer``'s records."""
     # Its own RunArtifacts: a connection serves one thread, and the writer's serves journaled changes.
     artifacts = RunArtifacts(client, run_id, tracking_uri, artifact_uri)
-    return ArtifactUploader(client, run_id, artifacts, Path(save_dir) / STAGING_DIR, hand_off=writer.change_artifacts)
+    return ArtifactUploader(run_id, artifacts, Path(save_dir) / STAGING_DIR, hand_off=writer.change_artifacts)
 
 
 def deliver_by(writer: RunWriter, deadline: float, *, at_exit: bool) -> DeliveryReport:
