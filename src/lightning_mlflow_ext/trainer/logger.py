@@ -1,8 +1,8 @@
 """MLflowLogger: Lightning's ``Logger`` contract, recorded into one MLflow run.
 
-A facade: each part of the work is a module of its own (``metrics``, ``hyperparams``, ``media``,
-``checkpoint_uploads``, ``best_model``, ``resume``, ``distributed``, ``stage_end``); the bridge callback talks
-to it through ``protocol.TrainerHooks``. Everything goes through a ``RunSession``; nothing here calls MLflow.
+A facade: each part of the work is a module of its own under ``trainer/`` (``metrics``, ``hyperparams``,
+``media``, ``checkpoint_uploads``, ``best_model``, ``resume``, ``distributed``, ``stages``); the bridge callback
+talks to it through ``protocol.TrainerHooks``. Everything goes through a ``RunSession``; nothing calls MLflow.
 """
 
 from __future__ import annotations
@@ -24,26 +24,13 @@ from lightning_mlflow_ext.run.session import RunSession
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.trainer.best_model import BestModelExport
 from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
-from lightning_mlflow_ext.trainer.distributed import from_rank_zero, is_global_rank_zero
+from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
-from lightning_mlflow_ext.trainer.resume import (
-    FitHistory,
-    continue_run,
-    move_checkpoint_folders,
-    read_back,
-    resume_tags,
-    start_over,
-)
-from lightning_mlflow_ext.trainer.stages import (
-    NO_BRIDGE_WARNING,
-    begin_stage,
-    end_stage,
-    final_status,
-    mute_mlflow_autolog,
-)
+from lightning_mlflow_ext.trainer.resume import RunContinuity
+from lightning_mlflow_ext.trainer.stages import NO_BRIDGE_WARNING, end_stage, final_status, mute_mlflow_autolog
 from lightning_mlflow_ext.values.axes import StepAxis
 from lightning_mlflow_ext.values.keys import Redactor, RedactPatterns
 from lightning_mlflow_ext.warn_once import WarnOnce
@@ -162,10 +149,9 @@ class MLflowLogger(Logger):
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._media = MediaRecorder(self._session)
         self._checkpoints = CheckpointUploads(self._session, log_model)
-        self._history = FitHistory()
+        self._run = RunContinuity(self._session, self._metrics, self._hparams, self._warn_once, self._save_dir)
         self._trainer: pl.Trainer | None = None
         self._interrupted = False
-        self._unpickled = False  # a copy in another process (ddp_spawn): the run may hold points it never saw
         self._driven_by_lightning = False  # a Trainer called log_graph: it runs a stage with this logger
 
     # ---- identity -------------------------------------------------------------------------
@@ -333,8 +319,7 @@ class MLflowLogger(Logger):
         if trainer is None and self._driven_by_lightning:
             self._warn_once("no-bridge", NO_BRIDGE_WARNING)
         elif trainer is not None and trainer.state.fn == "fit":
-            self._history.fit_ended = True
-            self._metrics.resume_floor = {}
+            self._run.fit_ended()
         self._metrics.warn_repeated()
         self._metrics.send_axis_tags()
         final = final_status(status, self._interrupted)
@@ -365,13 +350,9 @@ class MLflowLogger(Logger):
     def bind_trainer(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
         self._metrics.set_epoch_end(False)
-        if self._history.starts_over(trainer):
-            start_over(self._session, self._forget_run_state, self._warn_once)
+        self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
         mute_mlflow_autolog(trainer, self._warn_once)
-        # Rank 0 resolves the run; every other rank takes its identity instead of resolving on its own.
-        self._session.adopt(from_rank_zero(trainer, lambda: self._session.identity), replace=True)
-        if trainer.global_rank == 0:
-            self._begin_stage(trainer)
+        self._run.enter_stage(trainer)
 
     def set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
         self._metrics.set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
@@ -385,38 +366,14 @@ class MLflowLogger(Logger):
         return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
 
     def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
-        if trainer.state.fn != "fit":
-            return
-        before = self._session.identity if self._session.resolved else None
-        identity = continue_run(trainer, self._session, info)
-        if before is not None and before[0] != identity[0]:
-            move_checkpoint_folders(trainer, os.path.join(self._save_dir, before[2], before[0]), self.log_dir)
-            self._forget_run_state()
-        if trainer.global_rank != 0:
-            return
-        self._begin_stage(trainer)
-        self._metrics.resume_floor = read_back(self._session, self._session.metric_steps, {})
-        self._session.set_tags(resume_tags(info, global_step, identity[0]))
+        self._run.resume_from(trainer, info, global_step)
 
     def note_exception(self, exception: BaseException) -> None:
         self._interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
 
-    # ---- helpers ------------------------------------------------------------------------------
-
-    def _begin_stage(self, trainer: pl.Trainer) -> None:
-        begin_stage(trainer, self._session, self._metrics, unpickled=self._unpickled)
-        self._unpickled = False
-
-    def _forget_run_state(self) -> None:
-        """What this logger knew of a run it no longer writes into (axes read from its tags, changed params)."""
-        self._metrics.forget_run()
-        self._hparams.forget_run()
+    # ---- a copy in another process (ddp_spawn) -------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_trainer"] = None  # the trainer holds this logger; it binds again at setup
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._unpickled = True

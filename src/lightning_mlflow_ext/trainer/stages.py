@@ -1,6 +1,6 @@
-"""What the run goes through when a Trainer stage (fit, validate, test, predict) begins and ends.
+"""The edges of a Trainer stage (fit, validate, test, predict) that are not about which run: MLflow's own
+autolog muted at setup, and the end.
 
-At the beginning the run is RUNNING, its axes are known, and MLflow's own autolog callback, if any, is muted.
 The end waits ``flush_timeout`` at most: uploads get most of it, never all (the final status must still be
 sent); whatever is left stays in the journal and is reported once.
 """
@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING
 
 from lightning_mlflow_ext.run.session import PARK_RESERVE_S, FinalStatus
 from lightning_mlflow_ext.trainer.coexist import mute_mlflow_autolog_metrics
-from lightning_mlflow_ext.trainer.resume import read_back
 from lightning_mlflow_ext.trainer.summaries import trainer_callbacks
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
     from lightning_mlflow_ext.run.session import RunSession
-    from lightning_mlflow_ext.trainer.metrics import MetricPipeline
     from lightning_mlflow_ext.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
@@ -46,21 +44,6 @@ def mute_mlflow_autolog(trainer: pl.Trainer, warn_once: WarnOnce) -> None:
         + ("." if muted else ", but it could not be muted: its points may be stored twice.")
         + " Call mlflow.pytorch.autolog(disable=True) to record with lightning_mlflow_ext alone.",
     )
-
-
-def begin_stage(trainer: pl.Trainer, session: RunSession, metrics: MetricPipeline, *, unpickled: bool) -> None:
-    """On global rank 0, once the run is known: the run RUNNING, a fit begun, the run's axes seeded and tagged.
-
-    ``unpickled``: a ddp_spawn worker starts from the trainer state of the main process (global step 0 for a
-    test() after a spawned fit): what the run holds at the steps it replays is not sent again.
-    """
-    session.ensure_running()
-    if unpickled:
-        metrics.resume_floor = read_back(session, session.metric_steps, {})
-    if trainer.state.fn == "fit":
-        session.begin_fit()
-    metrics.seed_axes()
-    metrics.send_axis_tags()
 
 
 def final_status(status: str, interrupted: bool) -> FinalStatus:
