@@ -399,11 +399,8 @@ class RunSession:
     # ---- pickling (a Trainer holding the logger can be pickled, ddp_spawn) -------------------
 
     def __getstate__(self) -> dict[str, object]:
-        if self._run_id is None and self._may_create():
-            # ddp_spawn pickles the logger for its workers, and no hook of the logger runs in this process
-            # before: the copy must carry the run, so it is resolved here. Kept until the logger calls resolve()
-            # itself before a copy is made (see resolve()).
-            self.resolve()
+        """A copy as it is now, without side effects: the caller resolves first when the copy must carry the run
+        (``MLflowLogger.__getstate__`` does, for ddp_spawn)."""
         state = self.__dict__.copy()
         state["_client"] = None
         state["_resolver"] = None

@@ -1,6 +1,7 @@
 """The bridge: a stateless callback that hands an ``MLflowLogger`` what only the Trainer knows.
 
-Registered for every Trainer through Lightning's ``lightning.pytorch.callbacks_factory`` entry point.
+Registered for every Trainer through Lightning's ``lightning.pytorch.callbacks_factory`` entry point. It talks
+to the logger only through ``protocol.TrainerHooks``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_mlflow_ext.trainer.logger import CHECKPOINT_KEY, MLflowLogger
+from lightning_mlflow_ext.trainer.logger import MLflowLogger
+from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY, TrainerHooks
 
 
-def _mlflow_loggers(trainer: pl.Trainer) -> list[MLflowLogger]:
+def _mlflow_loggers(trainer: pl.Trainer) -> list[TrainerHooks]:
     return [logger for logger in trainer.loggers if isinstance(logger, MLflowLogger)]
 
 
@@ -57,25 +59,25 @@ class MLflowTrainerBridge(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for logger in _mlflow_loggers(trainer):
-            logger._bind_trainer(trainer)
+            logger.bind_trainer(trainer)
 
     def _mark(self, trainer: pl.Trainer, at_epoch_end: bool, epoch_axis_allowed: bool = True) -> None:
         if at_epoch_end and trainer.sanity_checking:
             return  # the sanity check logs nothing, and must not leave the flag set for the first batches
         for logger in _mlflow_loggers(trainer):
-            logger._set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
+            logger.set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loggers = _mlflow_loggers(trainer)
         last = last_train_step(trainer) if loggers else None
         for logger in loggers:
-            logger._expect_last_train_step(last)
+            logger.expect_last_train_step(last)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in _mlflow_loggers(trainer):
-            logger._expect_last_train_step(None)
+            logger.expect_last_train_step(None)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -122,7 +124,7 @@ class MLflowTrainerBridge(Callback):
     ) -> None:
         # The checkpoint names its run, so that resuming from it continues that run.
         for logger in _mlflow_loggers(trainer):
-            info = logger._checkpoint_info()
+            info = logger.checkpoint_info()
             if info is not None:
                 checkpoint[CHECKPOINT_KEY] = info
                 return
@@ -134,9 +136,9 @@ class MLflowTrainerBridge(Callback):
         # Lightning restores callbacks only when a fit resumes; this runs before ModelCheckpoint's own state.
         info = checkpoint.get(CHECKPOINT_KEY)
         for logger in _mlflow_loggers(trainer):
-            logger._resume_from(trainer, info if isinstance(info, dict) else {}, int(checkpoint.get("global_step", 0)))
+            logger.resume_from(trainer, info if isinstance(info, dict) else {}, int(checkpoint.get("global_step", 0)))
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         for logger in _mlflow_loggers(trainer):
-            logger._note_exception(exception)
+            logger.note_exception(exception)

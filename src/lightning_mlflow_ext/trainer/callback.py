@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from lightning_mlflow_ext.lineage.errors import LineageError
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint, fingerprint
+from lightning_mlflow_ext.trainer.distributed import from_rank_zero
 from lightning_mlflow_ext.trainer.logger import MLflowLogger
 from lightning_mlflow_ext.trainer.summaries import (
     early_stopping_outcome,
@@ -143,7 +144,7 @@ class MLflowCallback(Callback):
             return
         # Fingerprinted now (the checkpoint being resumed is compared with them), by rank 0 for every rank: the
         # data is read once, and lineage="strict" stops every rank, not just one.
-        self._fingerprints = logger._from_rank_zero(
+        self._fingerprints = from_rank_zero(
             trainer, lambda: {split: fingerprint(path) for split, path in splits.items()}
         )
         self._digests = {split: fp.digest for split, fp in self._fingerprints.items()}

@@ -1,0 +1,86 @@
+"""At the end of a successful fit: the best checkpoint's model as an MLflow Model of the run.
+
+Chosen from the first ``ModelCheckpoint`` that saved a best checkpoint, loaded on the CPU, logged (and
+registered under ``registered_model_name`` with the alias ``best``) with the step and metrics of the fit.
+The model is saved here; the run's delivery logs and registers it (it survives an outage like every write).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_mlflow_ext.run.models import BEST_ALIAS, save_best_model
+from lightning_mlflow_ext.run.tags import REGISTERED_MODEL_TAG
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from lightning_mlflow_ext.run.session import RunSession
+    from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
+    from lightning_mlflow_ext.warn_once import WarnOnce
+
+log = logging.getLogger(__name__)
+
+
+class BestModelExport:
+    """One export, made when a fit ends: what it needs of the logger, then ``record_best_model()``."""
+
+    def __init__(
+        self,
+        session: RunSession,
+        warn_once: WarnOnce,
+        registered_model_name: str | None,
+        *,
+        trainer: pl.Trainer | None,
+        mirror: CheckpointMirror | None,
+    ) -> None:
+        self._session = session
+        self._warn_once = warn_once
+        self._registered_model_name = registered_model_name
+        self._trainer = trainer
+        self._mirror = mirror  # set when checkpoints are uploaded: the model then names the run's copy
+
+    def record_best_model(self) -> None:
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        best = next(
+            (cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.best_model_path),
+            None,
+        )
+        if best is None:
+            self._warn_once("no-best", "log_best_model: no ModelCheckpoint saved a checkpoint; no model logged.")
+            return
+        try:
+            module = type(trainer.lightning_module).load_from_checkpoint(best.best_model_path, map_location="cpu")
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+            }
+            # The checkpoint in the run when checkpoints are uploaded (log_model), else the local file it came from.
+            checkpoint = (
+                f"checkpoints/{self._mirror.key_for(best)}/{os.path.basename(best.best_model_path)}"
+                if self._mirror is not None
+                else Path(os.path.abspath(best.best_model_path)).as_uri()
+            )
+            folder = self._session.uploader.model_folder()
+            details = save_best_model(
+                module,
+                folder,
+                experiment_id=self._session.experiment_id,
+                checkpoint_artifact=checkpoint,
+                step=trainer.global_step,
+                metrics=metrics,
+                registered_model_name=self._registered_model_name,
+            )
+        except Exception as exc:  # the fit succeeded; a model that could not be saved must not undo that
+            log.warning("Could not save the best checkpoint %s as an MLflow Model: %s", best.best_model_path, exc)
+            return
+        # Logged and registered in the background, like every write; the model's id reaches the run's tags then.
+        self._session.uploader.log_model(folder, details)
+        if self._registered_model_name:
+            self._session.set_tags({REGISTERED_MODEL_TAG: f"{self._registered_model_name}@{BEST_ALIAS}"})

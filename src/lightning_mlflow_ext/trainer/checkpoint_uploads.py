@@ -1,0 +1,66 @@
+"""Which checkpoints go into the run, and when: Lightning's ``log_model`` modes over a ``CheckpointMirror``.
+
+``"all"`` (or ``True`` with ``save_top_k=-1``) mirrors each checkpoint as it is saved; ``True`` mirrors what
+every ``ModelCheckpoint`` holds at the end of the fit, and a failed fit's set is tagged partial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_mlflow_ext.run.tags import PARTIAL_TAG
+from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from lightning_mlflow_ext.run.session import FinalStatus, RunSession
+
+
+class CheckpointUploads:
+    """The ``log_model`` policy of one logger, and the mirror it keeps (made at the first upload)."""
+
+    def __init__(self, session: RunSession, log_model: bool | Literal["all"]) -> None:
+        self._session = session
+        self._log_model = log_model
+        self._mirror: CheckpointMirror | None = None
+        self._dataset_digests: dict[str, str] = {}  # split -> digest, recorded in each checkpoint's metadata
+
+    @property
+    def mirror(self) -> CheckpointMirror | None:
+        """The mirror, once a checkpoint was uploaded (the best model then points at the run's copy)."""
+        return self._mirror
+
+    def note_datasets(self, digests: Mapping[str, str]) -> None:
+        """The data the fit reads, so a checkpoint's metadata says which data it was trained on."""
+        self._dataset_digests.update(digests)
+
+    def after_save(self, callback: ModelCheckpoint, trainer: pl.Trainer | None) -> None:
+        if self._log_model == "all" or (self._log_model is True and callback.save_top_k == -1):
+            self._mirror_checkpoints([callback], trainer)
+
+    def finish(self, trainer: pl.Trainer | None, final: FinalStatus) -> None:
+        """Upload what the checkpoint callbacks hold now (log_model=True); the waiting is the stage end's."""
+        if not self._log_model or trainer is None or trainer.state.fn != "fit":
+            return
+        self._mirror_checkpoints(
+            [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)], trainer
+        )
+        if final != "FINISHED":
+            self._session.set_tags({PARTIAL_TAG: "true"})  # a failed fit: what was saved, not a full set
+
+    def _mirror_checkpoints(self, callbacks: list[ModelCheckpoint], trainer: pl.Trainer | None) -> None:
+        if self._mirror is None:
+            self._mirror = CheckpointMirror(self._session.uploader, self._session.set_tags)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        step = trainer.global_step if trainer is not None else 0
+        for callback in callbacks:
+            self._mirror.sync(callback, epoch, step, dataset_digests=dict(self._dataset_digests))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_mirror"] = None  # it holds the uploader's jobs; a copy in another process starts its own
+        return state

@@ -1,0 +1,39 @@
+"""What the bridge callback tells a logger: the one protocol between ``bridge.py`` and ``MLflowLogger``.
+
+Lightning hands a logger only metrics and hyperparameters. Which Trainer it serves, when an epoch ends, where
+training will end, which checkpoint a fit resumes from and why a stage stopped, only callbacks see: the bridge
+passes them on through these methods, and nothing else of the logger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+#: The key under which a Lightning checkpoint records the run it was trained in (``checkpoint_info``).
+CHECKPOINT_KEY = "lightning_mlflow_ext"
+
+
+class TrainerHooks(Protocol):
+    """Implemented by ``MLflowLogger``; called by ``MLflowTrainerBridge`` on every rank."""
+
+    def bind_trainer(self, trainer: pl.Trainer) -> None:
+        """A stage is set up (the bridge's ``setup``): the Trainer this logger serves, its run resolved."""
+
+    def set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
+        """Whether the metrics logged next are epoch-level, and whether they may go at step = epoch."""
+
+    def expect_last_train_step(self, step: int | None) -> None:
+        """The global step training will end at (None: unknown, or training is over)."""
+
+    def checkpoint_info(self) -> dict[str, str] | None:
+        """What a Lightning checkpoint records about the run (None: no run yet)."""
+
+    def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
+        """A fit restores a checkpoint that recorded ``info`` at ``global_step``: continue that run."""
+
+    def note_exception(self, exception: BaseException) -> None:
+        """The stage stops on ``exception``: the run ends FAILED, or KILLED on Ctrl-C / SIGTERM."""
