@@ -81,6 +81,11 @@ class Lifecycle:
         return self._state is State.RUNNING
 
     @property
+    def running_with_content(self) -> bool:
+        """RUNNING, and written beyond tags: nothing to do before the next write (the hot path asks this)."""
+        return self._state is State.RUNNING and not self._untouched
+
+    @property
     def owns_run(self) -> bool:
         return self._role is Role.OWNER
 

@@ -323,8 +323,12 @@ class RunSession:
             self._track()
 
     def log_metrics(self, points: list[MetricPoint]) -> None:
-        self._content_lands()
-        self.writer.log_metrics(points)
+        # Every logging step of the training loop: one check when the run is already running and written to.
+        writer = self._writer
+        if writer is None or not self._life.running_with_content:
+            self._content_lands()
+            writer = self.writer
+        writer.log_metrics(points)
 
     def _content_lands(self) -> None:
         """Work beyond tags lands in the run: a stage runs, and the run is no longer a placeholder."""
