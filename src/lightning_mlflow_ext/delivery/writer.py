@@ -153,8 +153,9 @@ class RunWriter:
 
     def _submit(self, record: Record, *, wait: bool = True) -> None:
         size = record.size
+        worker = self._worker
         with self._lock:
-            self._worker.add(size, start=False)
+            worker.queued += size  # (the training loop's every logging step: no call it can do without)
             if self._spilling or self._queued_points + size > self._max_queued:
                 # The store is slower than the loop: keep memory bounded, let the disk hold the rest.
                 self._spilling = True
@@ -163,7 +164,7 @@ class RunWriter:
                 self._queue.append(record)
                 self._queued_points += size
             full = self._queued_points >= batch_points(self._tail_batch)
-            if not self._outage.stopped_by_bug and self._worker.start():
+            if not worker.running and not self._outage.stopped_by_bug and worker.start():
                 full = False
         if full or self._synchronous:
             self._wake.set()
