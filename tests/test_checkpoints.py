@@ -140,8 +140,11 @@ def assert_metadata_is_each_files_own(client, run_id: str, folder: str, local_di
 def test_log_model_true_records_each_checkpoints_own_epoch_and_step(tracking_uri, client, experiment_name, tmp_path):
     # Uploaded at the end of the fit, each file must still say when it was saved (not the trainer's last step).
     folder = tmp_path / "ckpt"
-    logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True)
-    callback = ModelCheckpoint(dirpath=folder, monitor="val_loss", save_top_k=3, save_last=True)
+    logger = MLflowLogger(
+        experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True, log_best_model=True
+    )
+    # mode="max": the loss falls, so the "best" checkpoint is the first one, not the one the fit ended on.
+    callback = ModelCheckpoint(dirpath=folder, monitor="val_loss", mode="max", save_top_k=3, save_last=True)
     make_trainer(logger, max_epochs=3, enable_checkpointing=True, callbacks=[callback]).fit(
         TinyModel(lr=0.05), TinyData()
     )
@@ -150,10 +153,13 @@ def test_log_model_true_records_each_checkpoints_own_epoch_and_step(tracking_uri
     ]  # fmt: skip
     seen = assert_metadata_is_each_files_own(client, logger.run_id, "checkpoints/val_loss", folder, tmp_path / "a")
     assert sorted(seen) == [(0, 8), (1, 16), (2, 24), (2, 24)]
+    assert os.path.basename(callback.best_model_path) == "epoch=0-step=8.ckpt"
+    model = client.get_logged_model(client.get_run(logger.run_id).data.tags["lightning_mlflow_ext.best_model_id"])
+    assert model.tags["lightning_mlflow_ext.step"] == "8"  # the step of its checkpoint
 
     # Resumed in a new process: the files saved before it are read for their epoch and step.
     resumed = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True)
-    callback = ModelCheckpoint(dirpath=folder, monitor="val_loss", save_top_k=3, save_last=True)
+    callback = ModelCheckpoint(dirpath=folder, monitor="val_loss", mode="max", save_top_k=3, save_last=True)
     make_trainer(resumed, max_epochs=4, enable_checkpointing=True, callbacks=[callback]).fit(
         TinyModel(lr=0.05), TinyData(), ckpt_path=str(folder / "last.ckpt")
     )

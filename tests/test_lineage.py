@@ -7,6 +7,7 @@ Every repository is real (git CLI, DVC's Python API, a local-folder DVC remote);
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -467,7 +468,7 @@ def test_sources_load_from_the_local_repository_when_the_git_remote_cannot_be_re
         with pytest.raises(SourceLoadError) as error:
             source.load(str(tmp_path / "again" / source._get_source_type()))
         message = str(error.value)
-        assert f"the local repository {repo}: not on this machine" in message
+        assert f"the local repository {os.path.realpath(repo)}: not on this machine" in message
         assert UNREACHABLE in message
 
 

@@ -284,7 +284,7 @@ def has_commit(repo: str | os.PathLike[str], commit: str) -> bool:
     if not folder.is_dir():
         return False
     found = _git_or_none(folder, "rev-parse", "-q", "--verify", f"{commit}^{{commit}}")
-    return bool(found) and found is not None and found.startswith(commit.lower())
+    return found is not None and found.startswith(commit.lower())
 
 
 def _extract(repo: Path, commit: str, path: str, dst: Path) -> None:
