@@ -45,12 +45,12 @@ def dataset_source(fp: Fingerprint) -> DatasetSource:
     reads first when it holds the commit.
     """
     url = fp.repo_url or fp.repo_root
-    local = fp.repo_root if fp.repo_url else None
+    trained_in = fp.repo_root if fp.repo_url else None
     if url and fp.commit:
         if fp.tracker == "dvc":
-            return DVCDatasetSource(url, fp.commit, fp.path, fp.dvc_remote, fp.dvc_remote_url, local_repo=local)
+            return DVCDatasetSource(url, fp.commit, fp.path, fp.dvc_remote, fp.dvc_remote_url, local_repo=trained_in)
         if fp.tracker == "git":
-            return GitDatasetSource(url, fp.commit, fp.path, local_repo=local)
+            return GitDatasetSource(url, fp.commit, fp.path, local_repo=trained_in)
     local = Path(fp.repo_root, fp.path) if fp.repo_root else Path(fp.path)
     return resolve_dataset_source(local.absolute().as_uri())
 

@@ -21,6 +21,7 @@ offline cluster does not matter), and from ``url`` only otherwise. A failure nam
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -72,12 +73,16 @@ def _destination(dst_path: str | None, path: str) -> Path:
     return dst
 
 
-def _clear(target: Path) -> None:
-    """Remove what a failed attempt left at ``target``, so the next one starts from nothing."""
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target, ignore_errors=True)
-    elif target.exists() or target.is_symlink():
-        target.unlink()
+def _clear(dst: Path, path: str) -> None:
+    """Remove what a failed attempt left at ``dst / path``, so the next one starts from nothing (for the
+    whole repository, ``path`` ``.``, the contents of ``dst``: the folder is the caller's)."""
+    target = dst / path
+    whole = os.path.normpath(path) == "." and target.is_dir()
+    for entry in list(target.iterdir()) if whole else [target]:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
 
 
 def _fetch_first(
@@ -94,7 +99,7 @@ def _fetch_first(
                 return fetch(local_repo)
             except SourceLoadError as exc:
                 tried.append(f"the local repository {local_repo}: {exc}")
-                _clear(dst / path)
+                _clear(dst, path)
         elif Path(local_repo).is_dir():
             tried.append(f"the local repository {local_repo}: it does not hold commit {rev}")
         else:

@@ -41,10 +41,14 @@ class _Opaque:
         pass
 
 
+class _Mapping(dict[Any, Any]):
+    """Stands for an ``OrderedDict`` (a state dict keeps attributes on it, e.g. ``_metadata``)."""
+
+
 class _InertUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "collections" and name == "OrderedDict":
-            return dict
+            return _Mapping
         return _Opaque
 
     def persistent_load(self, pid: Any) -> Any:
