@@ -7,11 +7,13 @@ import json
 import os
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow.entities import LoggedModelStatus
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger
+from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
 
 TAG = "lightning_mlflow_ext.checkpoint."
 
@@ -118,3 +120,73 @@ def test_best_model_is_logged_in_the_runs_experiment_and_registered_as_best(
     version = client.get_model_version_by_alias(name, "best")
     assert version.run_id == logger.run_id
     assert run.data.tags["lightning_mlflow_ext.registered_model"] == f"{name}@best"
+
+
+def mirrored_checkpoints(client, run_id: str, folder: str) -> list[str]:
+    return [name for name in listing(client, run_id, folder) if name.endswith(".ckpt")]
+
+
+def assert_metadata_is_each_files_own(client, run_id: str, folder: str, local_dir, tmp_path) -> list[tuple]:
+    """Every mirrored checkpoint's .ckpt.json says the epoch and step stored in that very checkpoint."""
+    seen = []
+    for name in mirrored_checkpoints(client, run_id, folder):
+        meta = metadata(client, run_id, f"{folder}/{name}", tmp_path / name)
+        saved = torch.load(local_dir / name, map_location="cpu", weights_only=False)
+        assert (name, meta["epoch"], meta["global_step"]) == (name, saved["epoch"], saved["global_step"])
+        seen.append((meta["epoch"], meta["global_step"]))
+    return seen
+
+
+def test_log_model_true_records_each_checkpoints_own_epoch_and_step(tracking_uri, client, experiment_name, tmp_path):
+    # Uploaded at the end of the fit, each file must still say when it was saved (not the trainer's last step).
+    folder = tmp_path / "ckpt"
+    logger = MLflowLogger(
+        experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True, log_best_model=True
+    )
+    # mode="max": the loss falls, so the "best" checkpoint is the first one, not the one the fit ended on.
+    callback = ModelCheckpoint(dirpath=folder, monitor="val_loss", mode="max", save_top_k=3, save_last=True)
+    make_trainer(logger, max_epochs=3, enable_checkpointing=True, callbacks=[callback]).fit(
+        TinyModel(lr=0.05), TinyData()
+    )
+    assert mirrored_checkpoints(client, logger.run_id, "checkpoints/val_loss") == [
+        "epoch=0-step=8.ckpt", "epoch=1-step=16.ckpt", "epoch=2-step=24.ckpt", "last.ckpt"
+    ]  # fmt: skip
+    seen = assert_metadata_is_each_files_own(client, logger.run_id, "checkpoints/val_loss", folder, tmp_path / "a")
+    assert sorted(seen) == [(0, 8), (1, 16), (2, 24), (2, 24)]
+    assert os.path.basename(callback.best_model_path) == "epoch=0-step=8.ckpt"
+    model = client.get_logged_model(client.get_run(logger.run_id).data.tags["lightning_mlflow_ext.best_model_id"])
+    assert model.tags["lightning_mlflow_ext.step"] == "8"  # the step of its checkpoint
+
+    # Resumed in a new process: the files saved before it are read for their epoch and step.
+    resumed = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, log_model=True)
+    callback = ModelCheckpoint(dirpath=folder, monitor="val_loss", mode="max", save_top_k=3, save_last=True)
+    make_trainer(resumed, max_epochs=4, enable_checkpointing=True, callbacks=[callback]).fit(
+        TinyModel(lr=0.05), TinyData(), ckpt_path=str(folder / "last.ckpt")
+    )
+    assert resumed.run_id == logger.run_id
+    seen = assert_metadata_is_each_files_own(client, logger.run_id, "checkpoints/val_loss", folder, tmp_path / "b")
+    assert len(seen) == 4 and sorted(seen)[:3] == [(0, 8), (1, 16), (2, 24)] and sorted(seen)[3][1] == 32
+
+
+def test_a_checkpoints_epoch_and_step_are_read_without_running_its_code(tmp_path):
+    marker = tmp_path / "marker"
+    marker.write_text("still here")
+    checkpoint = {
+        "epoch": 7,
+        "global_step": 700,
+        "state_dict": {"w": torch.zeros(3)},
+        "hyper_parameters": {"payload": RemovesAFile(str(marker))},
+    }
+    torch.save(checkpoint, tmp_path / "x.ckpt")
+    assert epoch_and_step(tmp_path / "x.ckpt") == (7, 700)
+    assert marker.exists()  # unpickling it for real would have removed it
+    (tmp_path / "not.ckpt").write_text("not a checkpoint")
+    assert epoch_and_step(tmp_path / "not.ckpt") == (None, None)
+
+
+class RemovesAFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.remove, (self.path,))

@@ -7,6 +7,7 @@ Every repository is real (git CLI, DVC's Python API, a local-folder DVC remote);
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -413,6 +414,7 @@ def test_recorded_sources_give_back_the_original_bytes_in_a_new_process(
     git(repo, "push", "-q", "origin", "main")
     with dvc_repo(repo) as dvc:
         dvc.gc(workspace=True, force=True)
+    moved = repo.rename(tmp_path / "work" / "moved")  # on another machine: only the recorded URL can serve it
 
     script = textwrap.dedent(
         """
@@ -434,7 +436,40 @@ def test_recorded_sources_give_back_the_original_bytes_in_a_new_process(
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
 
     assert {kind: read_tree(Path(path)) for kind, path in loaded.items()} == original
-    assert read_tree(repo / "data/train") != original["dvc"]  # the working copy really changed
+    assert read_tree(moved / "data/train") != original["dvc"]  # the working copy really changed
+
+
+UNREACHABLE = "https://127.0.0.1:9/org/data.git"  # nothing listens on the discard port
+
+
+@needs_dvc
+def test_sources_load_from_the_local_repository_when_the_git_remote_cannot_be_reached(
+    client: mlflow.MlflowClient, experiment_name: str, dvc_template: Path, tmp_path: Path
+) -> None:
+    # A private git host, an offline cluster: the run was trained in a repository on this machine.
+    repo = copy_template(dvc_template, tmp_path / "work")
+    git(repo, "remote", "add", "origin", UNREACHABLE)
+    original = {"dvc": read_tree(repo / "data/train"), "git": read_tree(repo / "data/raw")}
+    run_id = _new_run(client, experiment_name)
+    log_datasets(client, run_id, {"train": repo / "data/train", "raw": repo / "data/raw"})
+    write(repo, {"data/train/a.txt": "changed\n", "data/raw/x.csv": "x,changed\n"})  # the data moves on
+    dvc_add(repo, "data/train")
+    commit_all(repo, "v2")
+
+    sources = [mlflow.data.get_source(inp) for inp in client.get_run(run_id).inputs.dataset_inputs]
+    assert sorted(s.url for s in sources) == [UNREACHABLE, UNREACHABLE]
+    loaded = {s._get_source_type(): read_tree(Path(s.load(str(tmp_path / "loaded" / s._get_source_type()))))
+              for s in sources}  # fmt: skip
+    assert loaded == original
+
+    # Neither the repository (moved away) nor the remote: the error names both places.
+    repo.rename(tmp_path / "work" / "moved")
+    for source in sources:
+        with pytest.raises(SourceLoadError) as error:
+            source.load(str(tmp_path / "again" / source._get_source_type()))
+        message = str(error.value)
+        assert f"the local repository {os.path.realpath(repo)}: not on this machine" in message
+        assert UNREACHABLE in message
 
 
 def test_mlflow_registers_the_sources_when_imported_first() -> None:

@@ -41,14 +41,16 @@ def dataset_source(fp: Fingerprint) -> DatasetSource:
     DVC data → `DVCDatasetSource`; data committed to git → `GitDatasetSource`; data no commit holds
     (untracked, outside any repository, a repository with no commits) → MLflow's local-file source, which
     records where the data was and nothing more. The repository URL is the git remote's, else the local
-    working-tree root.
+    working-tree root; with a remote, the working-tree root is kept too (``local_repo``), which ``load()``
+    reads first when it holds the commit.
     """
     url = fp.repo_url or fp.repo_root
+    trained_in = fp.repo_root if fp.repo_url else None
     if url and fp.commit:
         if fp.tracker == "dvc":
-            return DVCDatasetSource(url, fp.commit, fp.path, fp.dvc_remote, fp.dvc_remote_url)
+            return DVCDatasetSource(url, fp.commit, fp.path, fp.dvc_remote, fp.dvc_remote_url, local_repo=trained_in)
         if fp.tracker == "git":
-            return GitDatasetSource(url, fp.commit, fp.path)
+            return GitDatasetSource(url, fp.commit, fp.path, local_repo=trained_in)
     local = Path(fp.repo_root, fp.path) if fp.repo_root else Path(fp.path)
     return resolve_dataset_source(local.absolute().as_uri())
 

@@ -29,6 +29,7 @@ __all__ = [
     "git_path_state",
     "git_state",
     "has_changes",
+    "has_commit",
     "is_local_repo",
     "repo_root",
     "untracked_files",
@@ -272,6 +273,18 @@ def has_changes(root: Path, paths: list[str]) -> bool:
 def is_local_repo(url: str) -> bool:
     """Whether ``url`` is a plain path to a repository on this machine (not a ``file://`` URL)."""
     return "://" not in url and Path(url).is_dir()
+
+
+def has_commit(repo: str | os.PathLike[str], commit: str) -> bool:
+    """Whether the repository at ``repo`` (a local folder) holds ``commit``, a commit id (full or abbreviated).
+
+    A branch or tag name does not count: it may name another commit in this clone than where it was recorded.
+    """
+    folder = Path(repo)
+    if not folder.is_dir():
+        return False
+    found = _git_or_none(folder, "rev-parse", "-q", "--verify", f"{commit}^{{commit}}")
+    return found is not None and found.startswith(commit.lower())
 
 
 def _extract(repo: Path, commit: str, path: str, dst: Path) -> None:

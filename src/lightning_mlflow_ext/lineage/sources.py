@@ -13,12 +13,19 @@ run; a tag or branch name without ``/`` or ``:`` also works); ``<path>`` is rela
 root. The string is split at the first ``#`` and then at the last ``@`` before it, so the path may hold
 any character and the URL may hold ``@`` (``git@host``).
 Example: ``dvc+https://github.com/org/data.git@3f2c9e1d...#data/train``.
+
+A source recorded by a run also keeps ``local_repo``, the working tree the run was trained in: ``load()``
+reads the data from there first when that folder holds the commit (no network: a private git host or an
+offline cluster does not matter), and from ``url`` only otherwise. A failure names both places tried.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,6 +73,49 @@ def _destination(dst_path: str | None, path: str) -> Path:
     return dst
 
 
+def _clear(dst: Path, path: str) -> None:
+    """Remove what a failed attempt left at ``dst / path``, so the next one starts from nothing (for the
+    whole repository, ``path`` ``.``, the contents of ``dst``: the folder is the caller's)."""
+    target = dst / path
+    whole = os.path.normpath(path) == "." and target.is_dir()
+    for entry in list(target.iterdir()) if whole else [target]:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+
+
+def _fetch_first(
+    url: str, local_repo: str | None, rev: str, path: str, dst: Path, fetch: Callable[[str], Path]
+) -> Path:
+    """``fetch(place)`` from the local repository when it holds ``rev``, else (or when that fails) from ``url``.
+
+    When both fail, the error names both places and why each failed.
+    """
+    tried: list[str] = []
+    if local_repo and local_repo != url:
+        if git_lineage.has_commit(local_repo, rev):
+            try:
+                return fetch(local_repo)
+            except SourceLoadError as exc:
+                tried.append(f"the local repository {local_repo}: {exc}")
+                _clear(dst, path)
+        elif Path(local_repo).is_dir():
+            tried.append(f"the local repository {local_repo}: it does not hold commit {rev}")
+        else:
+            tried.append(f"the local repository {local_repo}: not on this machine")
+    try:
+        return fetch(url)
+    except SourceLoadError as exc:
+        if not tried:
+            raise
+        tried.append(f"{url}: {exc}")
+        raise SourceLoadError(
+            f"Could not load {path} at {rev} from either place it can come from. Tried {'; then '.join(tried)}. "
+            "Make the commit reachable in one of them (clone or fetch the repository here, or reach its remote)."
+        ) from exc
+
+
 class GitDatasetSource(DatasetSource):
     """A file or folder as committed in a git repository.
 
@@ -78,12 +128,15 @@ class GitDatasetSource(DatasetSource):
         url: Where the repository can be fetched from (credentials are stripped).
         commit: The commit holding the data.
         path: The data's path relative to the repository root.
+        local_repo: The working tree the run was trained in, on the machine it ran on; read first when it
+            holds ``commit``.
     """
 
-    def __init__(self, url: str, commit: str, path: str) -> None:
+    def __init__(self, url: str, commit: str, path: str, local_repo: str | None = None) -> None:
         self.url = strip_url_credentials(url)
         self.commit = commit
         self.path = path
+        self.local_repo = local_repo
 
     @staticmethod
     def _get_source_type() -> str:
@@ -96,9 +149,14 @@ class GitDatasetSource(DatasetSource):
 
     def load(self, dst_path: str | None = None) -> str:
         """Write the data as of ``commit`` under ``dst_path`` (a new temporary folder by default), keeping its
-        path relative to the repository root; return the local path of the data."""
+        path relative to the repository root; return the local path of the data. Read from ``local_repo``
+        when it holds the commit, else fetched from ``url``."""
         dst = _destination(dst_path, self.path)
-        return str(git_lineage.export_path(self.url, self.commit, self.path, dst))
+
+        def fetch(place: str) -> Path:
+            return git_lineage.export_path(place, self.commit, self.path, dst)
+
+        return str(_fetch_first(self.url, self.local_repo, self.commit, self.path, dst, fetch))
 
     @staticmethod
     def _can_resolve(raw_source: Any) -> bool:
@@ -112,11 +170,12 @@ class GitDatasetSource(DatasetSource):
         return cls(parts.url, parts.rev, parts.path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "commit": self.commit, "path": self.path}
+        fields = {"url": self.url, "commit": self.commit, "path": self.path}
+        return {**fields, "local_repo": self.local_repo} if self.local_repo else fields
 
     @classmethod
     def from_dict(cls, source_dict: dict[Any, Any]) -> GitDatasetSource:
-        return cls(source_dict["url"], source_dict["commit"], source_dict["path"])
+        return cls(source_dict["url"], source_dict["commit"], source_dict["path"], source_dict.get("local_repo"))
 
     def __repr__(self) -> str:
         return f"GitDatasetSource({self.uri!r})"
@@ -134,14 +193,25 @@ class DVCDatasetSource(DatasetSource):
         path: The data's path relative to the repository root.
         remote: The DVC remote to fetch from; None for the repository's default at ``rev``.
         remote_url: That remote's URL when recorded (credentials stripped); used for local-folder remotes.
+        local_repo: The working tree the run was trained in, on the machine it ran on; read first (its git
+            history and DVC cache, then the DVC remote) when it holds ``rev``.
     """
 
-    def __init__(self, url: str, rev: str, path: str, remote: str | None = None, remote_url: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        rev: str,
+        path: str,
+        remote: str | None = None,
+        remote_url: str | None = None,
+        local_repo: str | None = None,
+    ) -> None:
         self.url = strip_url_credentials(url)
         self.rev = rev
         self.path = path
         self.remote = remote
         self.remote_url = strip_url_credentials(remote_url) if remote_url else None
+        self.local_repo = local_repo
 
     @staticmethod
     def _get_source_type() -> str:
@@ -154,9 +224,14 @@ class DVCDatasetSource(DatasetSource):
 
     def load(self, dst_path: str | None = None) -> str:
         """Fetch the data as of ``rev`` under ``dst_path`` (a new temporary folder by default), keeping its
-        path relative to the repository root; return the local path of the data."""
+        path relative to the repository root; return the local path of the data. Through ``local_repo`` when
+        it holds the revision, else through a clone of ``url``."""
         dst = _destination(dst_path, self.path)
-        return str(dvc_lineage.export_path(self.url, self.rev, self.path, dst, self.remote, self.remote_url))
+
+        def fetch(place: str) -> Path:
+            return dvc_lineage.export_path(place, self.rev, self.path, dst, self.remote, self.remote_url)
+
+        return str(_fetch_first(self.url, self.local_repo, self.rev, self.path, dst, fetch))
 
     @staticmethod
     def _can_resolve(raw_source: Any) -> bool:
@@ -170,13 +245,14 @@ class DVCDatasetSource(DatasetSource):
         return cls(parts.url, parts.rev, parts.path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        fields = {
             "url": self.url,
             "rev": self.rev,
             "path": self.path,
             "remote": self.remote,
             "remote_url": self.remote_url,
         }
+        return {**fields, "local_repo": self.local_repo} if self.local_repo else fields
 
     @classmethod
     def from_dict(cls, source_dict: dict[Any, Any]) -> DVCDatasetSource:
@@ -186,6 +262,7 @@ class DVCDatasetSource(DatasetSource):
             source_dict["path"],
             source_dict.get("remote"),
             source_dict.get("remote_url"),
+            source_dict.get("local_repo"),
         )
 
     def __repr__(self) -> str:

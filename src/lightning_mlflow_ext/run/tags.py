@@ -16,6 +16,7 @@ __all__ = [
     "BEST_MODEL_ID_TAG",
     "CHANGED_PARAMS_TAG",
     "CHECKPOINTS_ROOT",
+    "CHECKPOINT_FIELDS",
     "CHECKPOINT_TAG_PREFIX",
     "EPOCH_AXIS_KEYS_TAG",
     "GIT_TAG_PREFIX",
@@ -75,8 +76,11 @@ GIT_TAG_PREFIX = "mlflow.source.git."
 # ---- checkpoints and models -------------------------------------------------------------------------
 #: The artifact folder every mirrored ModelCheckpoint lives under: ``checkpoints/<callback key>/``.
 CHECKPOINTS_ROOT = "checkpoints"
-#: ``lightning_mlflow_ext.checkpoint.<callback key>.<best|best_score|latest>``
+#: ``lightning_mlflow_ext.checkpoint.<callback key>.<field>``, one of `CHECKPOINT_FIELDS`.
 CHECKPOINT_TAG_PREFIX = TAG_PREFIX + "checkpoint."
+#: ``best`` / ``latest``: the artifact path of that checkpoint; ``best_score``: the best one's score;
+#: ``monitor``: the metric the callback monitors (only on a monitored callback: a periodic one has none).
+CHECKPOINT_FIELDS = ("best", "best_score", "latest", "monitor")
 #: A failed fit's checkpoints are what was saved, not a full set.
 PARTIAL_TAG = TAG_PREFIX + "checkpoints_partial"
 BEST_MODEL_ID_TAG = TAG_PREFIX + "best_model_id"
@@ -87,7 +91,7 @@ MODEL_STEP_TAG = TAG_PREFIX + "step"
 
 
 def checkpoint_tag(callback_key: str, field: str) -> str:
-    """The run tag holding ``field`` (``best``, ``best_score``, ``latest``) of the callback ``callback_key``."""
+    """The run tag holding ``field`` (one of `CHECKPOINT_FIELDS`) of the callback ``callback_key``."""
     return f"{CHECKPOINT_TAG_PREFIX}{callback_key}.{field}"
 
 

@@ -1,7 +1,8 @@
 """At the end of a successful fit: the best checkpoint's model as an MLflow Model of the run.
 
 Chosen from the first ``ModelCheckpoint`` that saved a best checkpoint, loaded on the CPU, logged (and
-registered under ``registered_model_name`` with the alias ``best``) with the step and metrics of the fit.
+registered under ``registered_model_name`` with the alias ``best``) with the global step its checkpoint was
+saved at and the metrics of the fit.
 The model is saved here; the run's delivery logs and registers it (it survives an outage like every write).
 """
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_mlflow_ext.run.models import BEST_ALIAS, save_best_model
 from lightning_mlflow_ext.run.tags import REGISTERED_MODEL_TAG
+from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -25,6 +27,12 @@ if TYPE_CHECKING:
     from lightning_mlflow_ext.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
+
+
+def _saved_step(path: str, default: int) -> int:
+    """The global step the checkpoint at ``path`` was saved at (not where the fit ended), else ``default``."""
+    step = epoch_and_step(path)[1]
+    return default if step is None else step
 
 
 class BestModelExport:
@@ -73,7 +81,7 @@ class BestModelExport:
                 folder,
                 experiment_id=self._session.experiment_id,
                 checkpoint_artifact=checkpoint,
-                step=trainer.global_step,
+                step=_saved_step(best.best_model_path, trainer.global_step),
                 metrics=metrics,
                 registered_model_name=self._registered_model_name,
             )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_mlflow_ext.run.tags import PARTIAL_TAG
-from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
+from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror, SaveLog
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -28,6 +28,7 @@ class CheckpointUploads:
         self._log_model = log_model
         self._mirror: CheckpointMirror | None = None
         self._dataset_digests: dict[str, str] = {}  # split -> digest, recorded in each checkpoint's metadata
+        self._saves = SaveLog()  # the epoch and step of each file, noted when it is saved
 
     @property
     def mirror(self) -> CheckpointMirror | None:
@@ -39,6 +40,8 @@ class CheckpointUploads:
         self._dataset_digests.update(digests)
 
     def after_save(self, callback: ModelCheckpoint, trainer: pl.Trainer | None) -> None:
+        if trainer is not None:
+            self._saves.note(callback, trainer.current_epoch, trainer.global_step)
         if self._log_model == "all" or (self._log_model is True and callback.save_top_k == -1):
             self._mirror_checkpoints([callback], trainer)
 
@@ -55,10 +58,8 @@ class CheckpointUploads:
     def _mirror_checkpoints(self, callbacks: list[ModelCheckpoint], trainer: pl.Trainer | None) -> None:
         if self._mirror is None:
             self._mirror = CheckpointMirror(self._session.uploader, self._session.set_tags)
-        epoch = trainer.current_epoch if trainer is not None else 0
-        step = trainer.global_step if trainer is not None else 0
         for callback in callbacks:
-            self._mirror.sync(callback, epoch, step, dataset_digests=dict(self._dataset_digests))
+            self._mirror.sync(callback, self._saves, dataset_digests=dict(self._dataset_digests))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -1,6 +1,7 @@
 """Mirrors the files of every ``ModelCheckpoint`` into the run, under ``checkpoints/<callback key>/``.
 
-Each file gets a metadata JSON beside it; files Lightning prunes are removed (or marked stale) in the run.
+Each file gets a metadata JSON beside it (with the epoch and global step the file was saved at, which
+`SaveLog` remembers); files Lightning prunes are removed (or marked stale) in the run.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.delivery.uploader import ArtifactUploader, snapshot
 from lightning_mlflow_ext.run.tags import CHECKPOINTS_ROOT, checkpoint_tag
+from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
-
 
 
 def callback_key(callback: ModelCheckpoint) -> str:
@@ -31,6 +32,42 @@ def callback_key(callback: ModelCheckpoint) -> str:
     else:
         base = "latest"
     return re.sub(r"[^\w.\-]+", "_", base)
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+class SaveLog:
+    """The epoch and global step each checkpoint file was saved at, as Lightning reports each save.
+
+    Lightning calls ``after_save_checkpoint`` right after writing a file, while the trainer is still at the
+    epoch and step it wrote into that file; a file uploaded later (``log_model=True`` uploads at the end of
+    the fit) keeps those, not the trainer's values by then. A file this process did not see saved (one from
+    before a resume, or ``save_last="link"``'s link, which Lightning does not report) is read for them.
+    """
+
+    def __init__(self) -> None:
+        self._saved: dict[str, tuple[tuple[int, int], int, int]] = {}  # real path -> (stat, epoch, step)
+
+    def note(self, callback: ModelCheckpoint, epoch: int, global_step: int) -> None:
+        """After ``callback`` saved a file: remember the trainer's epoch and step for it."""
+        # Lightning sets this just before notifying the loggers; there is no public accessor.
+        path = getattr(callback, "_last_checkpoint_saved", None)
+        stat = _stat(path) if isinstance(path, str) and path else None
+        if path and stat is not None:
+            self._saved[os.path.realpath(path)] = (stat, epoch, global_step)
+
+    def saved_at(self, path: str, stat: tuple[int, int]) -> tuple[int | None, int | None]:
+        """``(epoch, global_step)`` of the file at ``path`` as it is now (``stat``); None for what is unknown."""
+        known = self._saved.get(os.path.realpath(path))
+        if known is not None and known[0] == stat:
+            return known[1], known[2]
+        return epoch_and_step(path)
 
 
 @dataclass
@@ -61,7 +98,7 @@ class CheckpointMirror:
             self._keys[identity] = key
         return self._keys[identity]
 
-    def sync(self, callback: ModelCheckpoint, epoch: int, global_step: int, dataset_digests: dict[str, str]) -> None:
+    def sync(self, callback: ModelCheckpoint, saves: SaveLog, dataset_digests: dict[str, str]) -> None:
         """Bring the run in step with the callback's files now: upload new or changed ones, drop pruned ones."""
         key = self.key_for(callback)
         wanted = {
@@ -77,6 +114,7 @@ class CheckpointMirror:
                 continue
             artifact_dir = f"{CHECKPOINTS_ROOT}/{key}"
             score = callback.best_k_models.get(path)
+            epoch, global_step = saves.saved_at(path, current)
             metadata = {
                 "file": os.path.basename(path),
                 "callback": key,
@@ -125,5 +163,7 @@ class CheckpointMirror:
         )
         if latest is not None:
             tags[checkpoint_tag(key, "latest")] = latest.artifact_path
+        if tags and callback.monitor:
+            tags[checkpoint_tag(key, "monitor")] = callback.monitor  # "best" means this callback's best
         if tags:
             self._set_tags(tags)
