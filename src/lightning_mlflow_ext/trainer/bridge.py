@@ -30,9 +30,13 @@ def saved_configs(trainer: pl.Trainer) -> list[tuple[str, list[str]]]:
     the CLI read (``--config``)."""
     found = []
     for callback in trainer_callbacks(trainer):
-        if isinstance(callback, save_config_callback_types()) and callback.save_to_log_dir:
-            inputs = callback.config.get("config") or []
-            found.append((str(callback.config_filename), [os.fspath(path) for path in inputs]))
+        if not isinstance(callback, save_config_callback_types()) or not callback.save_to_log_dir:
+            continue
+        if getattr(callback, "saves_into_run_folder", False):
+            continue  # MLflowSaveConfigCallback: nothing of it in save_dir
+        inputs = callback.config.get("config") or []
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        found.append((str(callback.config_filename), [os.fspath(path) for path in inputs]))
     return found
 
 

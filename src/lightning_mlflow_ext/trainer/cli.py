@@ -66,6 +66,8 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
     """
 
     param_prefix: str = "config"
+    #: The local copy is in the run's folder, not in Trainer.log_dir (the bridge leaves it alone).
+    saves_into_run_folder: bool = True
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

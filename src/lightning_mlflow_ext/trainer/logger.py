@@ -383,7 +383,7 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     @rank_zero_only
     def config_saved(self, filename: str, inputs: Sequence[str]) -> None:
-        self._saved_config.take(filename, inputs, self.log_dir)
+        self._saved_config.take(filename, inputs, lambda: self.log_dir)
 
     def note_exception(self, exception: BaseException) -> None:
         self._interrupted = isinstance(exception, (KeyboardInterrupt, *sigterm_exception_types()))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,13 +45,13 @@ class SavedConfig:
     def new_stage(self) -> None:
         self._taken = False
 
-    def take(self, filename: str, inputs: Sequence[str], run_dir: str) -> str | None:
-        """Move (or for a file in ``inputs``, copy) ``save_dir/filename`` to ``run_dir/filename`` and record it;
-        return where it went, None when there was no such file or it was taken already in this stage."""
+    def take(self, filename: str, inputs: Sequence[str], run_dir: Callable[[], str]) -> str | None:
+        """Move (or for a file in ``inputs``, copy) ``save_dir/filename`` to ``run_dir()/filename`` and record
+        it; return where it went, None when there was no such file or it was taken already in this stage."""
         source = os.path.join(self._save_dir, filename)
         if self._taken or not os.path.isfile(source):
             return None
-        target = os.path.join(run_dir, filename)
+        target = os.path.join(run_dir(), filename)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.realpath(source) in {os.path.realpath(path) for path in inputs}:
             shutil.copyfile(source, target)
