@@ -22,6 +22,7 @@ from typing import Any
 import lightning
 import pytest
 import pytorch_lightning
+import yaml
 from mlflow import MlflowClient
 from tiny import pytorch_lightning_tiny
 
@@ -49,7 +50,9 @@ def declared_entry_points(group: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def pl_entry_point(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def pl_entry_point(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The folders a process needs on its path to see the entry point (none once it is installed)."""
+    folders: list[str] = []
     if not [point for point in entry_points(group=GROUP) if point.value == FACTORY]:
         declared = declared_entry_points(GROUP)
         info = tmp_path_factory.mktemp("metadata") / "lightning_mlflow_ext_pyproject-0.dist-info"
@@ -58,7 +61,8 @@ def pl_entry_point(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
         lines = "".join(f"{name} = {value}\n" for name, value in declared.items())
         (info / "entry_points.txt").write_text(f"[{GROUP}]\n{lines}")
         monkeypatch.syspath_prepend(str(info.parent))
-    yield
+        folders.append(str(info.parent))
+    yield folders
     import lightning_mlflow_ext.trainer.autolog as autologging
 
     autologging._options = None  # autolog() off again, as in a fresh process
@@ -175,3 +179,46 @@ def test_pytorch_lightning_is_not_imported_unless_the_program_did(tmp_path):
         "'lightning_mlflow_ext.trainer.callback']",
         "False",
     ]
+
+
+def test_pytorch_lightnings_cli_takes_the_classes_by_class_path_and_runs_twice_in_one_folder(pl_entry_point, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    package = "lightning_mlflow_ext.pytorch_lightning"
+    config = {
+        "model": {"lr": 0.05},
+        "data": {"batch_size": 8, "n_train": 32},
+        "trainer": {
+            "max_epochs": 2,
+            "limit_train_batches": 3,
+            "limit_val_batches": 2,
+            "log_every_n_steps": 1,
+            "logger": {
+                "class_path": f"{package}.MLflowLogger",
+                "init_args": {"experiment_name": "pl-cli", "tracking_uri": uri},
+            },
+            "callbacks": [{"class_path": f"{package}.MLflowCallback"}],
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join([*pl_entry_point, *filter(None, [os.environ.get("PYTHONPATH")])])
+    script = Path(__file__).with_name("cli_train.py")
+    command = [sys.executable, str(script), "--lightning-save-config", "--pytorch-lightning", "fit", "--config"]
+    for lr in ("0.05", "0.02"):  # pytorch_lightning's own SaveConfigCallback, twice in the same folder
+        done = subprocess.run(
+            [*command, "config.yaml", f"--model.lr={lr}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("pl-cli")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [run.data.params["lr"] for run in runs] == ["0.05", "0.02"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["trainer/max_epochs"] == "2"  # MLflowCallback from its class path
+        assert steps(client, run.info.run_id, "val_loss") == [0, 1]
+        text = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / run.info.run_id)))
+        assert yaml.safe_load(text.read_text())["model"]["lr"] == float(run.data.params["lr"])
