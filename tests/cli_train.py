@@ -3,8 +3,9 @@
     python tests/cli_train.py [--lightning-save-config] fit --config cfg.yaml \
         --trainer.logger=lightning_mlflow_ext.MLflowLogger --trainer.logger.init_args.tracking_uri=...
 
-The model and data are tests/tiny.py's. ``--lightning-save-config`` (first argument) uses Lightning's own
-``SaveConfigCallback`` instead of ``MLflowSaveConfigCallback``.
+The model and data are tests/tiny.py's. ``--lightning-save-config`` (before the subcommand) uses Lightning's own
+``SaveConfigCallback`` instead of ``MLflowSaveConfigCallback``; ``--pytorch-lightning`` runs ``pytorch_lightning``'s
+LightningCLI, Trainer and callback, with the model and data as ``pytorch_lightning`` classes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from tiny import TinyData, TinyModel
+from tiny import TinyData, TinyModel, pytorch_lightning_tiny
 
 from lightning_mlflow_ext.trainer.cli import MLflowSaveConfigCallback
 
@@ -32,12 +33,20 @@ QUIET_CPU = {
 
 def main() -> None:
     callback: type[SaveConfigCallback] = MLflowSaveConfigCallback
-    if len(sys.argv) > 1 and sys.argv[1] == "--lightning-save-config":
-        del sys.argv[1]
-        callback = SaveConfigCallback
-    LightningCLI(
-        TinyModel,
-        TinyData,
+    cli: type[LightningCLI] = LightningCLI
+    model, data = TinyModel, TinyData
+    while len(sys.argv) > 1 and sys.argv[1] in ("--lightning-save-config", "--pytorch-lightning"):
+        flag = sys.argv.pop(1)
+        if flag == "--lightning-save-config":
+            callback = SaveConfigCallback
+        else:
+            import pytorch_lightning.cli
+
+            cli, callback = pytorch_lightning.cli.LightningCLI, pytorch_lightning.cli.SaveConfigCallback
+            model, data = pytorch_lightning_tiny()
+    cli(
+        model,
+        data,
         save_config_callback=callback,
         trainer_defaults=QUIET_CPU,
         seed_everything_default=0,

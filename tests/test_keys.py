@@ -35,7 +35,7 @@ from lightning_mlflow_ext.values.redaction import REDACTED, is_secret_key, redac
 from lightning_mlflow_ext.values.urls import strip_url_credentials
 
 VALUES_DIR = Path(__file__).resolve().parents[1] / "src" / "lightning_mlflow_ext" / "values"
-VALUES_MODULES = ("names", "hparams", "redaction", "urls")
+VALUES_MODULES = ("names", "hparams", "redaction", "urls", "config_file")
 
 
 def sha8(text: str) -> str:

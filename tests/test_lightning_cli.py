@@ -15,15 +15,23 @@ from typing import Any
 import mlflow
 import yaml
 
-from lightning_mlflow_ext.trainer.cli import _redact
+from lightning_mlflow_ext.values.config_file import redact_config
 from lightning_mlflow_ext.values.redaction import DEFAULT_REDACTOR, REDACTED, Redactor
 
 SCRIPT = Path(__file__).with_name("cli_train.py")
 EXPERIMENT = "cli"
+SAVE_DIR = "lightning_logs"  # MLflowLogger's default save_dir, under the working directory
 SECRET = "s3cr3t-value"
 
 
-def write_config(tmp_path: Path, *, datasets: bool = True, checkpoints: bool = False) -> tuple[Path, Path]:
+def write_config(
+    tmp_path: Path,
+    *,
+    datasets: bool = True,
+    checkpoints: bool = False,
+    name: str = "cfg.yaml",
+    tracking_uri: str | None = None,
+) -> tuple[Path, Path]:
     data = tmp_path / "data" / "train"
     data.mkdir(parents=True)
     (data / "part-0.csv").write_text("a,b\n1,2\n")
@@ -50,7 +58,9 @@ def write_config(tmp_path: Path, *, datasets: bool = True, checkpoints: bool = F
     }
     if not datasets:
         del config["trainer"]["callbacks"]
-    path = tmp_path / "cfg.yaml"
+    if tracking_uri is not None:
+        config["trainer"]["logger"]["init_args"]["tracking_uri"] = tracking_uri
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, data
 
@@ -123,10 +133,10 @@ def test_cli_records_config_as_artifact_and_params_with_datasets_and_metrics_one
     assert callback["class_path"].endswith("MLflowCallback")
     assert callback["init_args"]["datasets"] == {"train": str(data)} and callback["init_args"]["lineage"] == "warn"
 
-    # The local copy, as Lightning writes it, but in the run's own folder (save_dir: the working directory here).
-    saved = tmp_path / EXPERIMENT / run_id / "config.yaml"
+    # The local copy, as Lightning writes it, but in the run's own folder (save_dir: ./lightning_logs here).
+    saved = tmp_path / SAVE_DIR / EXPERIMENT / run_id / "config.yaml"
     assert yaml.safe_load(saved.read_text())["model"]["lr"] == 0.05
-    assert not (tmp_path / "config.yaml").exists()
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / SAVE_DIR / "config.yaml").exists()
 
     # MLflowCallback's datasets mapping from the YAML: one dataset input for the train split.
     contexts = [
@@ -150,29 +160,55 @@ def test_cli_records_config_as_artifact_and_params_with_datasets_and_metrics_one
     first, second = runs(client)
     assert first.info.run_id == run_id and second.info.status == "FINISHED"
     assert second.data.params["config/model/lr"] == "0.02" and second.data.params["lr"] == "0.02"
-    assert (
-        yaml.safe_load((tmp_path / EXPERIMENT / second.info.run_id / "config.yaml").read_text())["model"]["lr"] == 0.02
-    )
+    local_second = tmp_path / SAVE_DIR / EXPERIMENT / second.info.run_id / "config.yaml"
+    assert yaml.safe_load(local_second.read_text())["model"]["lr"] == 0.02
     artifact = client.download_artifacts(second.info.run_id, "config.yaml", str(tmp_path / "download2"))
     assert yaml.safe_load(Path(artifact).read_text())["model"]["lr"] == 0.02
 
 
-def test_lightnings_own_save_config_callback_works_but_writes_into_save_dir(tmp_path):
-    config, _ = write_config(tmp_path)
-    check_ok(run_cli(tmp_path, config, lightning_save_config=True))
+def test_lightnings_own_save_config_callback_runs_again_in_the_same_folder_and_records_the_config(tmp_path):
+    # python main.py fit --config config.yaml: the config in the working directory, the logger configured in it,
+    # Lightning's own SaveConfigCallback (it writes config.yaml into Trainer.log_dir, the logger's save_dir).
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config, _ = write_config(tmp_path, datasets=False, checkpoints=True, name="config.yaml", tracking_uri=uri)
+    written = config.read_text()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = runs(client)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["lr"] == "0.05"  # the model's hparams, logged by Lightning
-    assert [a.path for a in client.list_artifacts(run.info.run_id) if a.path == "config.yaml"] == []
-    # Lightning writes config.yaml into trainer.log_dir, which for any logger but TensorBoard/CSV is the logger's
-    # save_dir (lightning/pytorch/trainer/trainer.py, Trainer.log_dir), not the run's folder logger.log_dir.
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["lr"] == 0.05
-    assert not (tmp_path / EXPERIMENT / run.info.run_id / "config.yaml").exists()
+    def fit(*extra: str) -> None:
+        command = [sys.executable, str(SCRIPT), "--lightning-save-config", "fit", "--config", "config.yaml", *extra]
+        check_ok(subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240))
 
-    # So a second run in the same folder stops at setup with "SaveConfigCallback expected <save_dir>/config.yaml
-    # to NOT exist", as with Lightning's own MLFlowLogger (Lightning-AI/pytorch-lightning#20184).
+    fit()
+    fit("--model.lr=0.02")  # the same folder again: Lightning finds no config.yaml in its way
+
+    client = mlflow.MlflowClient(uri)
+    first, second = runs(client)
+    save_dir = tmp_path / SAVE_DIR
+    for run, lr in ((first, 0.05), (second, 0.02)):
+        run_id = run.info.run_id
+        assert run.info.status == "FINISHED" and run.data.params["lr"] == str(lr)
+        # The config Lightning wrote: in the run's folder, next to its checkpoints, and the run's artifact.
+        folder = save_dir / EXPERIMENT / run_id
+        assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["lr"] == lr
+        assert list((folder / "checkpoints").glob("*.ckpt"))
+        text = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path / run_id))).read_text()
+        uploaded = yaml.safe_load(text)
+        assert uploaded["model"]["lr"] == lr and uploaded["trainer"]["max_epochs"] == 2
+        assert uploaded["trainer"]["logger"]["init_args"]["tags"] == {"team": "vision", "api_token": REDACTED}
+        assert SECRET not in text
+    assert not (save_dir / "config.yaml").exists()
+    assert config.read_text() == written  # the user's own config.yaml is left alone
+
+    # Resuming the first run from its checkpoint continues it, in its folder; this invocation's config replaces it.
+    (checkpoint,) = (save_dir / EXPERIMENT / first.info.run_id / "checkpoints").glob("*.ckpt")
+    fit("--trainer.max_epochs=3", f"--ckpt_path={checkpoint}")
+    assert [run.info.run_id for run in runs(client)] == [first.info.run_id, second.info.run_id]
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "train_loss_step")] == list(range(9))
+    local = yaml.safe_load((save_dir / EXPERIMENT / first.info.run_id / "config.yaml").read_text())
+    assert local["trainer"]["max_epochs"] == 3
+    artifact = client.download_artifacts(first.info.run_id, "config.yaml", str(tmp_path / "resumed"))
+    assert yaml.safe_load(Path(artifact).read_text())["trainer"]["max_epochs"] == 3
+    assert not (save_dir / "config.yaml").exists()
 
 
 def test_a_resumed_fit_continues_its_run_and_replaces_the_config(tmp_path):
@@ -183,7 +219,7 @@ def test_a_resumed_fit_continues_its_run_and_replaces_the_config(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = runs(client)
     run_id = run.info.run_id
-    (checkpoint,) = (tmp_path / EXPERIMENT / run_id / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (tmp_path / SAVE_DIR / EXPERIMENT / run_id / "checkpoints").glob("*.ckpt")
 
     check_ok(run_cli(tmp_path, config, "--trainer.max_epochs=3", f"--ckpt_path={checkpoint}"))
     (run,) = runs(client)  # the config is recorded once the checkpoint is read: the same run goes on
@@ -191,7 +227,7 @@ def test_a_resumed_fit_continues_its_run_and_replaces_the_config(tmp_path):
     steps = [m.step for m in client.get_metric_history(run_id, "train_loss_step")]
     assert steps == list(range(9))
     # This invocation's config, in the run's folder and as the artifact; the param keeps its first value.
-    local = yaml.safe_load((tmp_path / EXPERIMENT / run_id / "config.yaml").read_text())
+    local = yaml.safe_load((tmp_path / SAVE_DIR / EXPERIMENT / run_id / "config.yaml").read_text())
     assert local["trainer"]["max_epochs"] == 3 and local["ckpt_path"] == str(checkpoint)
     artifact = client.download_artifacts(run_id, "config.yaml", str(tmp_path / "download"))
     assert yaml.safe_load(Path(artifact).read_text())["trainer"]["max_epochs"] == 3
@@ -206,7 +242,7 @@ def test_redaction_reaches_into_lists_and_urls():
         },
         "model": {"db_password": None, "credentials": {"user": "me"}, "max_tokens": 5},
     }
-    assert _redact(config, "", DEFAULT_REDACTOR) == {
+    assert redact_config(config, "", DEFAULT_REDACTOR) == {
         "trainer": {
             "callbacks": [{"class_path": "x.Callback", "init_args": {"api_key": REDACTED, "url": "https://host/x"}}],
             "logger": {"init_args": {"tracking_uri": "https://mlflow.example/", "run_name": "a"}},
@@ -217,5 +253,5 @@ def test_redaction_reaches_into_lists_and_urls():
 
 def test_the_loggers_own_redact_patterns_reach_the_config_file():
     config = {"model": {"wandb_key": "abc", "internal": {"host": "db"}, "lr": 0.1}}
-    clean = _redact(config, "", Redactor.of(["wandb_key", r"^model/internal/"]))
+    clean = redact_config(config, "", Redactor.of(["wandb_key", r"^model/internal/"]))
     assert clean == {"model": {"wandb_key": REDACTED, "internal": {"host": REDACTED}, "lr": 0.1}}

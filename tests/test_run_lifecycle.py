@@ -168,9 +168,10 @@ def test_experiment_name_from_environment(tracking_uri, client, experiment_name,
 
 def test_save_dir_and_log_dir_are_real_folders_for_every_store(tracking_uri, tmp_path):
     logger = MLflowLogger(tracking_uri=tracking_uri, experiment_name="dirs")
-    assert logger.save_dir == str(tmp_path)
+    # ./lightning_logs, not the working directory: Lightning's SaveConfigCallback writes config.yaml into save_dir
+    assert logger.save_dir == str(tmp_path / "lightning_logs")
     assert os.path.isdir(logger.log_dir)
-    assert logger.log_dir == os.path.join(str(tmp_path), "dirs", logger.run_id)
+    assert logger.log_dir == os.path.join(str(tmp_path), "lightning_logs", "dirs", logger.run_id)
     file_logger = MLflowLogger(tracking_uri=f"file://{tmp_path}/store")
     assert file_logger.save_dir == f"{tmp_path}/store"
     explicit = MLflowLogger(tracking_uri=tracking_uri, save_dir="relative/logs")

@@ -1,8 +1,10 @@
 """``autolog()``: every Trainer created afterwards records into MLflow, with no other change to the script.
 
 Lightning adds the callbacks of the ``lightning.pytorch.callbacks_factory`` entry point to every Trainer it
-creates; this package's entry point is ``callbacks_factory`` below. It always adds the bridge, and with
-autolog on an ``MLflowCallback`` that finds the Trainer's ``MLflowLogger`` or adds one of its own.
+creates (``pytorch_lightning.callbacks_factory`` for a ``pytorch_lightning.Trainer``); this package's entry point
+in both groups is ``callbacks_factory`` below (its callbacks suit either namespace: see ``namespaces``). It always
+adds the bridge, and with autolog on an ``MLflowCallback`` that finds the Trainer's ``MLflowLogger`` or adds one
+of its own.
 For scripts that cannot be edited: ``LIGHTNING_MLFLOW_AUTOLOG=1``.
 """
 
@@ -81,8 +83,9 @@ class MLflowAutologCallback(MLflowCallback):
 
 
 def callbacks_factory() -> list[Callback]:
-    """Entry point of ``lightning.pytorch.callbacks_factory``: the bridge for every Trainer, and with autolog on,
-    the autolog callback (before the bridge, so that a logger it adds is bound at setup)."""
+    """Entry point of ``lightning.pytorch.callbacks_factory`` and ``pytorch_lightning.callbacks_factory``: the
+    bridge for every Trainer, and with autolog on, the autolog callback (before the bridge, so that a logger it
+    adds is bound at setup)."""
     callbacks: list[Callback] = []
     if autolog_enabled():
         options = _options or {}

@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-
 from lightning_mlflow_ext.run.models import BEST_ALIAS, save_best_model
 from lightning_mlflow_ext.run.tags import REGISTERED_MODEL_TAG
 from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
+from lightning_mlflow_ext.trainer.namespaces import model_checkpoint_types
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -57,9 +56,9 @@ class BestModelExport:
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return
+        checkpoints = model_checkpoint_types()
         best = next(
-            (cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.best_model_path),
-            None,
+            (cb for cb in trainer.checkpoint_callbacks if isinstance(cb, checkpoints) and cb.best_model_path), None
         )
         if best is None:
             self._warn_once("no-best", "log_best_model: no ModelCheckpoint saved a checkpoint; no model logged.")

@@ -1,12 +1,14 @@
 """The bridge: a stateless callback that hands an ``MLflowLogger`` what only the Trainer knows.
 
-Registered for every Trainer through Lightning's ``lightning.pytorch.callbacks_factory`` entry point. It talks
+Registered for every Trainer through Lightning's ``lightning.pytorch.callbacks_factory`` entry point (and
+``pytorch_lightning.callbacks_factory`` for ``pytorch_lightning``'s Trainer). It talks
 to the logger only through ``protocol.TrainerHooks``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,11 +16,28 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_mlflow_ext.trainer.logger import MLflowLogger
+from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, save_config_callback_types
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY, TrainerHooks
+from lightning_mlflow_ext.trainer.summaries import trainer_callbacks
 
 
 def _mlflow_loggers(trainer: pl.Trainer) -> list[TrainerHooks]:
     return [logger for logger in trainer.loggers if isinstance(logger, MLflowLogger)]
+
+
+def saved_configs(trainer: pl.Trainer) -> list[tuple[str, list[str]]]:
+    """The file each LightningCLI ``SaveConfigCallback`` writes into ``Trainer.log_dir``, and the config files
+    the CLI read (``--config``)."""
+    found = []
+    for callback in trainer_callbacks(trainer):
+        if not isinstance(callback, save_config_callback_types()) or not callback.save_to_log_dir:
+            continue
+        if getattr(callback, "saves_into_run_folder", False):
+            continue  # MLflowSaveConfigCallback: nothing of it in save_dir
+        inputs = callback.config.get("config") or []
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        found.append((str(callback.config_filename), [os.fspath(path) for path in inputs]))
+    return found
 
 
 def validates_once_per_epoch(trainer: pl.Trainer) -> bool:
@@ -48,7 +67,7 @@ def last_train_step(trainer: pl.Trainer) -> int | None:
     return min(bounds) if bounds else None
 
 
-class MLflowTrainerBridge(Callback):
+class MLflowTrainerBridge(FollowsNamespace, Callback):
     """Tells each ``MLflowLogger`` of the Trainer which trainer it serves, when an epoch ends, and why a
     stage stopped. It holds no state and does nothing for a Trainer without an ``MLflowLogger``.
 
@@ -60,6 +79,21 @@ class MLflowTrainerBridge(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for logger in _mlflow_loggers(trainer):
             logger.bind_trainer(trainer)
+        if stage != "fit":
+            self._config_saved(trainer)
+
+    def _config_saved(self, trainer: pl.Trainer) -> None:
+        # Trainer.log_dir is the first logger's save_dir. In a fit, once the run is known: after a checkpoint
+        # being resumed is read (before the sanity check or training starts).
+        first = trainer.loggers[0] if trainer.loggers else None
+        if isinstance(first, MLflowLogger):
+            for filename, inputs in saved_configs(trainer):
+                hooks: TrainerHooks = first
+                hooks.config_saved(filename, inputs)
+
+    @override
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._config_saved(trainer)
 
     def _mark(self, trainer: pl.Trainer, at_epoch_end: bool, epoch_axis_allowed: bool = True) -> None:
         if at_epoch_end and trainer.sanity_checking:
@@ -73,6 +107,7 @@ class MLflowTrainerBridge(Callback):
         last = last_train_step(trainer) if loggers else None
         for logger in loggers:
             logger.expect_last_train_step(last)
+        self._config_saved(trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

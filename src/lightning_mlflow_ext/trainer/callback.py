@@ -11,13 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_mlflow_ext.lineage.errors import LineageError
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint, fingerprint
 from lightning_mlflow_ext.trainer.distributed import from_rank_zero
 from lightning_mlflow_ext.trainer.logger import MLflowLogger
+from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, learning_rate_monitor_types
 from lightning_mlflow_ext.trainer.summaries import (
     early_stopping_outcome,
     early_stopping_settings,
@@ -46,7 +47,7 @@ def _as_splits(
     return {os.path.basename(os.path.normpath(path)): path for path in datasets}
 
 
-class MLflowCallback(Callback):
+class MLflowCallback(FollowsNamespace, Callback):
     """Records what only Trainer hooks see into the run of the Trainer's ``MLflowLogger`` (one is added to the
     Trainer when it has none: the callback then owns the run, for autolog and callback-only use).
 
@@ -186,7 +187,7 @@ class MLflowCallback(Callback):
             params.update(counts)
             logger.log_text(text, "model_summary.txt")
         logger.log_hyperparams(params)
-        monitors = any(isinstance(cb, LearningRateMonitor) for cb in trainer_callbacks(trainer))
+        monitors = any(isinstance(cb, learning_rate_monitor_types()) for cb in trainer_callbacks(trainer))
         every: int = trainer.log_every_n_steps  # type: ignore[attr-defined]
         self._learning_rate_every = every if self.log_learning_rate and not monitors else 0
 

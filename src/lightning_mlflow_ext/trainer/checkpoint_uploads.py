@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-
 from lightning_mlflow_ext.run.tags import PARTIAL_TAG
 from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror, SaveLog
+from lightning_mlflow_ext.trainer.namespaces import model_checkpoint_types
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lightning_mlflow_ext.run.session import FinalStatus, RunSession
 
@@ -50,7 +50,7 @@ class CheckpointUploads:
         if not self._log_model or trainer is None or trainer.state.fn != "fit":
             return
         self._mirror_checkpoints(
-            [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)], trainer
+            [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, model_checkpoint_types())], trainer
         )
         if final != "FINISHED":
             self._session.set_tags({PARTIAL_TAG: "true"})  # a failed fit: what was saved, not a full set

@@ -13,7 +13,6 @@ Kept out of the package's top-level names: importing it imports ``lightning.pyto
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from typing import Any
@@ -23,33 +22,17 @@ import lightning.pytorch as pl
 # Before this package's values modules: importing MLflow loads its mlflow.dataset_source entry points, which
 # import values.urls; MLflow first means they load it whole rather than find a values module half-initialized.
 import mlflow  # noqa: F401
-import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
 from lightning_mlflow_ext.trainer.logger import MLflowLogger
-from lightning_mlflow_ext.values.redaction import REDACTED, Redactor, is_secret_key
-from lightning_mlflow_ext.values.urls import strip_url_credentials
+from lightning_mlflow_ext.values.config_file import redacted_yaml
+from lightning_mlflow_ext.values.redaction import Redactor
 
 __all__ = ["MLflowSaveConfigCallback"]
 
 log = logging.getLogger(__name__)
-
-
-def _redact(value: Any, path: str, redactor: Redactor) -> Any:
-    """``value`` with the secrets the logger keeps out of params (secret-looking keys by its ``redactor``,
-    credentials in URLs) removed, lists included: a list is one param, so its items are not otherwise looked
-    into."""
-    if isinstance(value, dict):
-        return {key: _redact(item, f"{path}/{key}" if path else str(key), redactor) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redact(item, f"{path}/{index}", redactor) for index, item in enumerate(value)]
-    if path and is_secret_key(path, redactor):
-        return REDACTED
-    if isinstance(value, str):
-        return strip_url_credentials(value)
-    return value
 
 
 def _mlflow_loggers(trainer: pl.Trainer) -> list[MLflowLogger]:
@@ -83,6 +66,8 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
     """
 
     param_prefix: str = "config"
+    #: The local copy is in the run's folder, not in Trainer.log_dir (the bridge leaves it alone).
+    saves_into_run_folder: bool = True
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -152,12 +137,4 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
     def _config_text(self, redactor: Redactor) -> tuple[str, dict[str, Any]]:
         """The YAML that is uploaded and the dict that is logged as params: the same values, secrets removed."""
         # skip_none=False, as Lightning saves it: a None that is left out would take the default on a rerun.
-        text = self.parser.dump(self.config, skip_none=False)
-        loaded = yaml.safe_load(text)
-        data: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
-        clean = _redact(data, "", redactor)
-        if clean != data:
-            comments = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
-            header = "".join(line + "\n" for line in comments)
-            text = header + yaml.safe_dump(clean, sort_keys=False, allow_unicode=True, default_flow_style=False)
-        return text, clean
+        return redacted_yaml(self.parser.dump(self.config, skip_none=False), redactor)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers.logger import Logger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
@@ -28,8 +27,10 @@ from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
+from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, sigterm_exception_types
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
 from lightning_mlflow_ext.trainer.resume import RunContinuity
+from lightning_mlflow_ext.trainer.saved_config import SavedConfig
 from lightning_mlflow_ext.trainer.stages import NO_BRIDGE_WARNING, end_stage, final_status, mute_mlflow_autolog
 from lightning_mlflow_ext.values.axes import StepAxis
 from lightning_mlflow_ext.values.redaction import Redactor, RedactPatterns
@@ -40,12 +41,17 @@ if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from mlflow import MlflowClient
 
-__all__ = ["CHECKPOINT_KEY", "MLflowLogger"]
+__all__ = ["CHECKPOINT_KEY", "DEFAULT_SAVE_DIR", "MLflowLogger"]
+
+#: ``save_dir`` unless one is given (or the store is a ``file:`` folder), under the working directory. Not the
+#: working directory itself: Lightning's SaveConfigCallback writes config.yaml into ``save_dir``, and refuses to
+#: start when one is there (the user's own --config file, in the working directory).
+DEFAULT_SAVE_DIR = "lightning_logs"
 
 log = logging.getLogger(__name__)
 
 
-class MLflowLogger(Logger):
+class MLflowLogger(FollowsNamespace, Logger):
     """Records a Lightning training into one MLflow run.
 
     Example::
@@ -66,8 +72,11 @@ class MLflowLogger(Logger):
         tracking_uri: where to track; default MLflow's own choice (``mlflow.set_tracking_uri``,
             ``MLFLOW_TRACKING_URI``, else the embedded SQLite store ``./mlflow.db``), resolved now.
         tags: tags set on the run (values rendered as text, secret-looking values redacted).
-        save_dir: local folder for this logger's files (checkpoints go to ``save_dir/name/version``);
-            default the folder of a ``file:`` store, else the working directory.
+        save_dir: local folder for this logger's files: each run's folder ``save_dir/<experiment>/<run id>``
+            (``log_dir``: checkpoints, the CLI's config.yaml), the journal, staged uploads; default the folder of
+            a ``file:`` store, else ``./lightning_logs``. Lightning's ``Trainer.log_dir`` is this folder: a
+            config file Lightning's ``SaveConfigCallback`` writes there is moved into the run's folder and
+            recorded as the run's artifact, so the next run in the same folder starts as well.
         log_model: Lightning's modes: ``True`` uploads the checkpoints of every ``ModelCheckpoint`` at the end
             of training (and every one as it is saved when ``save_top_k=-1``), ``"all"`` uploads each as it is
             saved, ``False`` none. Uploads run in the background, under ``checkpoints/<callback key>/``.
@@ -126,7 +135,7 @@ class MLflowLogger(Logger):
             raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
         self._redactor = Redactor.of(redact)
         uri = resolve_tracking_uri(tracking_uri)
-        self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or os.getcwd())
+        self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or DEFAULT_SAVE_DIR)
         self._session = RunSession(
             uri,
             experiment_name=experiment_name,
@@ -148,6 +157,7 @@ class MLflowLogger(Logger):
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._media = MediaRecorder(self._session)
+        self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
         self._checkpoints = CheckpointUploads(self._session, log_model)
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
@@ -351,6 +361,7 @@ class MLflowLogger(Logger):
 
     def bind_trainer(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
+        self._saved_config.new_stage()
         self._metrics.set_epoch_end(False)
         self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
         mute_mlflow_autolog(trainer, self._warn_once)
@@ -370,8 +381,12 @@ class MLflowLogger(Logger):
     def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
         self._run.resume_from(trainer, info, global_step)
 
+    @rank_zero_only
+    def config_saved(self, filename: str, inputs: Sequence[str]) -> None:
+        self._saved_config.take(filename, inputs, lambda: self.log_dir)
+
     def note_exception(self, exception: BaseException) -> None:
-        self._interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        self._interrupted = isinstance(exception, (KeyboardInterrupt, *sigterm_exception_types()))
 
     # ---- a copy in another process (ddp_spawn) -------------------------------------------------
 

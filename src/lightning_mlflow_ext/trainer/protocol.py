@@ -7,7 +7,7 @@ passes them on through these methods, and nothing else of the logger.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -34,6 +34,10 @@ class TrainerHooks(Protocol):
 
     def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
         """A fit restores a checkpoint that recorded ``info`` at ``global_step``: continue that run."""
+
+    def config_saved(self, filename: str, inputs: Sequence[str]) -> None:
+        """Lightning's ``SaveConfigCallback`` has written ``filename`` into ``Trainer.log_dir`` (this logger's
+        ``save_dir``, as the Trainer's first logger); ``inputs`` are the config files the CLI read."""
 
     def note_exception(self, exception: BaseException) -> None:
         """The stage stops on ``exception``: the run ends FAILED, or KILLED on Ctrl-C / SIGTERM."""

@@ -16,10 +16,9 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-
 from lightning_mlflow_ext.run.tags import RESUMED_AT_STEP_TAG, RESUMED_FROM_RUN_TAG
 from lightning_mlflow_ext.trainer.distributed import from_rank_zero
+from lightning_mlflow_ext.trainer.namespaces import model_checkpoint_types
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -147,7 +146,7 @@ class RunContinuity:
         of the run being continued (where its top-k already are)."""
         old = os.path.join(self._save_dir, before[2], before[0])
         new = os.path.join(self._save_dir, self._session.experiment_name, self._session.run_id)
-        for callback in [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]:
+        for callback in [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, model_checkpoint_types())]:
             dirpath = callback.dirpath
             if dirpath is not None and os.path.realpath(dirpath) == os.path.realpath(os.path.join(old, "checkpoints")):
                 callback.dirpath = os.path.join(new, "checkpoints")
