@@ -19,12 +19,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow_server import _die_with_parent, _free_port
+from tiny import TinyData, TinyModel, make_trainer
 
+from lightning_mlflow_ext import MLflowLogger
 from lightning_mlflow_ext.trainer.run_notice import RunNotice
+from lightning_mlflow_ext.ui import run_link, ui_command
 
 SCRIPT = Path(__file__).with_name("link_fit.py")
 #: MLflow's line (``_log_url``), and the part this package adds for a local store.
@@ -179,3 +183,30 @@ def test_the_html_block_escapes_what_it_shows():
     assert "&lt;img src=x onerror=alert(1)&gt;" in shown
     assert ">a &amp; b</a>" in shown
     assert repr(notice) == f"🏃 View run <img src=x onerror=alert(1)> at: {notice.url}"
+
+
+def test_the_users_own_run_on_a_local_store_is_linked_by_the_fit(tmp_path, experiment_name, monkeypatch, capsys):
+    """MLflow prints no line for a local store, not even at ``end_run``: the fit shows the link of the user's run."""
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_experiment(experiment_name)
+    with mlflow.start_run(run_name="mine") as mine:
+        make_trainer(MLflowLogger(), max_epochs=1).fit(TinyModel(), datamodule=TinyData())
+    run = MlflowClient(store).get_run(mine.info.run_id)
+
+    assert "train_loss_step" in run.data.metrics
+    url = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert VIEW_RUN.findall(capsys.readouterr().out) == [
+        ("mine", url, f"mlflow ui --backend-store-uri {store} --port 5000")
+    ]
+
+
+def test_links_and_commands_carry_no_credentials():
+    assert run_link("https://alice:s3cret@mlflow.example.com/", "7", "ab" * 16) == (
+        f"https://mlflow.example.com/#/experiments/7/runs/{'ab' * 16}"
+    )
+    assert ui_command("postgresql://alice:s3cret@db.example.com/mlflow") == (
+        "mlflow ui --backend-store-uri postgresql://db.example.com/mlflow --port 5000"
+    )
+    assert ui_command("https://mlflow.example.com") is None
+    assert ui_command("databricks") is None  # the platform shows its own links

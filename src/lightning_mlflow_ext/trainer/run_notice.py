@@ -114,15 +114,15 @@ class RunLinks:
     def stage_ended(self, session: RunSession, report: DeliveryReport) -> None:
         """The stage's run is settled: show its link, unless this status of this run was shown already. Never
         raises: a link that cannot be shown must not fail the fit."""
-        if not link_wanted(self.show_run_link):
-            return
         try:
+            if not link_wanted(self.show_run_link):  # MLflow raises for a value of its variable it cannot read
+                return
             notice = run_notice(session, report)
             if notice is None or (notice.run_id, notice.status) in self._shown:
                 return
             self._shown.add((notice.run_id, notice.status))
             show(notice)
-        except Exception as exc:  # a closed stdout, a broken display hook
+        except Exception as exc:  # a closed stdout, a broken display hook, MLflow's variable set to "yes"
             log.warning("Could not show the link to MLflow run %s: %s", session.known_run_id, exc)
 
 
