@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -74,10 +75,18 @@ def assert_link_opens(url: str, run: Run) -> None:
     assert (status, shown["run_name"], shown["status"]) == (200, run.info.run_name, run.info.status)
 
 
-def test_a_terminal_fit_then_test_prints_one_line_whose_link_opens_the_run(mlflow_server, experiment_name, tmp_path):
-    stdout = fit(tmp_path, mlflow_server.uri, experiment_name, "--run-name", "terminal-fit", "--test")
+@pytest.fixture(scope="module")
+def terminal_fit(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Run]:
+    """A fit then a test, run as a terminal runs it, with the link on: its stdout and its run."""
+    experiment = f"terminal-fit-{uuid.uuid4().hex[:12]}"
+    stdout = fit(
+        tmp_path_factory.mktemp("terminal"), mlflow_server.uri, experiment, "--run-name", "terminal-fit", "--test"
+    )
+    return stdout, only_run(MlflowClient(mlflow_server.uri), experiment)
 
-    run = only_run(MlflowClient(mlflow_server.uri), experiment_name)
+
+def test_a_terminal_fit_then_test_prints_one_line_whose_link_opens_the_run(terminal_fit, mlflow_server):
+    stdout, run = terminal_fit
     assert run.info.status == "FINISHED"
     url = f"{mlflow_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     # One line for the run and its status: the test stage that followed the fit left both as they were.
@@ -104,17 +113,19 @@ def test_a_failed_fit_prints_the_line_of_its_failed_run(mlflow_server, experimen
 
 
 @pytest.mark.parametrize("switch", ["show_run_link=False", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"])
-def test_switched_off_no_line(switch, mlflow_server, experiment_name, tmp_path):
+def test_switched_off_no_line(switch, terminal_fit, mlflow_server, experiment_name, tmp_path):
+    args = ["--run-name", "terminal-fit", "--test"]  # the fit of terminal_fit, which prints the line
     if switch == "show_run_link=False":
-        stdout = fit(tmp_path, mlflow_server.uri, experiment_name, "--no-run-link")
+        stdout = fit(tmp_path, mlflow_server.uri, experiment_name, *args, "--no-run-link")
     else:
         stdout = fit(
-            tmp_path, mlflow_server.uri, experiment_name, env={"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+            tmp_path, mlflow_server.uri, experiment_name, *args, env={"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
         )
 
     assert only_run(MlflowClient(mlflow_server.uri), experiment_name).info.status == "FINISHED"  # it did run
     assert "View run" not in stdout
     assert mlflow_server.uri not in stdout
+    assert VIEW_RUN.findall(terminal_fit[0]), "the same fit with the link on prints it"
 
 
 def test_the_users_own_run_on_a_server_gets_mlflows_line_only(mlflow_server, experiment_name, tmp_path):
