@@ -1,7 +1,8 @@
 """Quickstart: train a small regression model on synthetic data and record it in MLflow.
 
 Run from the repository root: ``python examples/quickstart.py``. With no tracking URI set, the run lands
-in the embedded SQLite store ``./mlflow.db``; the script prints the run id and how to open it in the UI.
+in the embedded SQLite store ``./mlflow.db``; the fit prints the link to its run and the ``mlflow ui`` command that
+serves it, and the script the run id.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mlflow_ext import MLflowLogger
-from lightning_mlflow_ext.ui import run_link, ui_command
 
 
 class Regressor(L.LightningModule):
@@ -60,10 +60,6 @@ def main() -> None:
 
     print()
     print(f"MLflow run:   {logger.run_id}  (experiment {logger.name!r}, store {logger.tracking_uri})")
-    print(f"Run page:     {run_link(logger.tracking_uri, logger.experiment_id, logger.run_id)}")
-    command = ui_command(logger.tracking_uri)
-    if command:
-        print(f"Open the UI:  {command}")
     print(f"Summary:      lightning-mlflow show {logger.run_id}")
 
 

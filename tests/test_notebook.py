@@ -1,4 +1,5 @@
-"""The example notebook, run top to bottom in a real Jupyter kernel, leaves exactly the runs it describes.
+"""The example notebook, run top to bottom in a real Jupyter kernel, leaves exactly the runs it describes, and
+every fit shows its run's link as one HTML block, with no helper in the notebook.
 
 The kernel inherits this process's environment, so ``MLFLOW_TRACKING_URI`` points the notebook at a fresh
 embedded SQLite store in ``tmp_path``; its working directory is ``tmp_path`` too.
@@ -15,11 +16,11 @@ import nbformat
 from mlflow import MlflowClient
 from nbclient import NotebookClient
 
-from lightning_mlflow_ext.ui import run_link
+from lightning_mlflow_ext.ui import run_link, ui_command
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "notebook.ipynb"
 EXPERIMENT = "notebook-example"
-#: What the notebook's ``show_run`` prints: the status read from the store while the kernel still runs.
+#: What the notebook's ``show_status`` prints: the status read from the store while the kernel still runs.
 RUN_LINE = re.compile(r"^MLflow run ([0-9a-f]{32}): ([A-Z]+)$", re.MULTILINE)
 #: A line of the notebook's last cell: run name, run id, status.
 SUMMARY_LINE = re.compile(r"^(\S+)\s+([0-9a-f]{32}) ([A-Z]+)\s", re.MULTILINE)
@@ -37,12 +38,17 @@ def stdout_of(cell: Any) -> str:
     return "".join(out.text for out in cell.outputs if out.output_type == "stream" and out.name == "stdout")
 
 
-def html_of(cell: Any) -> list[str]:
-    return [out.data["text/html"] for out in cell.outputs if "text/html" in out.get("data", {})]
+#: The cell of each fit, and the cell that shows that fit's run.
+FIT_CELLS = {"fit-1": "fit-1", "fit-2": "fit-2", "refit": "refit", "failing-fit": "failed-run", "retry": "retry"}
+
+
+def displayed(cell: Any) -> list[dict[str, str]]:
+    """The rich outputs (display_data) of a cell: mime type -> content."""
+    return [dict(out.data) for out in cell.outputs if out.output_type == "display_data"]
 
 
 def shown_run(cell: Any) -> tuple[str, str]:
-    """(run id, status) that ``show_run`` printed in this cell."""
+    """(run id, status) that ``show_status`` printed in this cell."""
     found = RUN_LINE.findall(stdout_of(cell))
     assert len(found) == 1, f"cell {cell.id!r} should show one run, its stdout is: {stdout_of(cell)!r}"
     return found[0]
@@ -103,10 +109,19 @@ def test_example_notebook_runs_in_a_kernel_and_leaves_every_run_ended(tmp_path, 
     assert runs[3].data.params == first.data.params
     assert [point.step for point in client.get_metric_history(runs[3].info.run_id, "train_loss")] == [1]
 
-    # The link to fit #1, as text and as an HTML link.
-    link = run_link(tracking_uri, experiment.experiment_id, first.info.run_id)
-    assert f"Run page: {link}\n" in stdout_of(cells["fit-1"])
-    (shown_html,) = html_of(cells["fit-1"])
-    assert f'<a href="{link}"' in shown_html
-    assert first.info.run_id in shown_html
-    assert "mlflow ui --backend-store-uri" in stdout_of(cells["ui"])
+    # Each fit showed one block, with no helper: the run's name, its status, its link, and the command that
+    # serves the link for this local store (text/plain: the terminal line). Nothing of it went to stdout.
+    command = ui_command(tracking_uri)
+    assert command is not None and tracking_uri in command
+    for fit_cell, shown_cell in FIT_CELLS.items():
+        run = client.get_run(shown[shown_cell][0])
+        link = run_link(tracking_uri, experiment.experiment_id, run.info.run_id)
+        (block,) = displayed(cells[fit_cell])
+        assert f'<a href="{link}" target="_blank" rel="noopener"><b>{run.info.run_name}</b></a>' in block["text/html"]
+        assert f">{run.info.status}</span>" in block["text/html"]
+        assert f"<code>{command}</code>" in block["text/html"]
+        assert block["text/plain"] == f"🏃 View run {run.info.run_name} at: {link} (start the UI first: {command})"
+        assert "View run" not in stdout_of(cells[fit_cell])
+    assert "FAILED" in displayed(cells["failing-fit"])[0]["text/html"]
+    # Cells that fit nothing show no block.
+    assert not [cell.id for cell in code_cells if cell.id not in FIT_CELLS and displayed(cell)]

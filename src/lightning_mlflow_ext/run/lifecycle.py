@@ -57,6 +57,7 @@ class Lifecycle:
     _found_status: str | None  # someone else's run continued here: the status it goes back to
     _failure: FinalStatus | None  # the worst outcome since the fit began
     _untouched: bool  # created by this session, and nothing but tags written into it yet
+    _ended_with: str | None  # the final status this session wrote, while the run stays ENDED
 
     def __init__(self, end_run: bool | None) -> None:
         self._end_run = end_run
@@ -84,6 +85,12 @@ class Lifecycle:
     def running_with_content(self) -> bool:
         """RUNNING, and written beyond tags: nothing to do before the next write (the hot path asks this)."""
         return self._state is State.RUNNING and not self._untouched
+
+    @property
+    def status(self) -> str:
+        """The run's status as this session leaves it: the final status it wrote, else RUNNING (a run left
+        open on purpose, or one still being written)."""
+        return self._ended_with if self._state is State.ENDED and self._ended_with else "RUNNING"
 
     @property
     def owns_run(self) -> bool:
@@ -160,7 +167,8 @@ class Lifecycle:
             return Ending()
         if self._role is Role.OWNER or (self._failure is not None and self._role is Role.BORROWER):
             self._state = State.ENDED
-            return Ending(status=self._failure or self._found_status or status)
+            self._ended_with = self._failure or self._found_status or status
+            return Ending(status=self._ended_with)
         self._state = State.RELEASED if may_release else State.IDLE
         return Ending(release=may_release)
 
@@ -178,6 +186,7 @@ class Lifecycle:
         self._found_status = None
         self._failure = None
         self._untouched = False
+        self._ended_with = None
 
     def _found(self, origin: Origin | None, *, owns: bool) -> None:
         """The role follows from how the run was found: the owner ends it; otherwise a failure ends it, but

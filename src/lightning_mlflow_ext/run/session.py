@@ -50,6 +50,7 @@ class RunSession:
 
     # Tied to the current run: set when it is resolved, dropped by _forget_run().
     _run_id: str | None
+    _run_name: str | None
     _experiment_id: str | None
     _resolved_experiment_name: str | None
     _logged_params: dict[str, str] | None
@@ -127,6 +128,17 @@ class RunSession:
         return self._experiment_id
 
     @property
+    def run_name(self) -> str:
+        """The run's name as this session set or found it (known since the run was resolved: no request)."""
+        self.resolve()
+        return self._run_name or self.run_id
+
+    @property
+    def status(self) -> str:
+        """The run's status as this session leaves it (see ``Lifecycle.status``)."""
+        return self._life.status
+
+    @property
     def experiment_name(self) -> str:
         self.resolve()
         assert self._resolved_experiment_name is not None
@@ -177,7 +189,7 @@ class RunSession:
     def _forget_run(self) -> None:
         """Drop everything tied to the current run; the next use resolves (or creates) a run again."""
         self._writer = self._uploader = None
-        self._run_id = self._experiment_id = self._resolved_experiment_name = None
+        self._run_id = self._run_name = self._experiment_id = self._resolved_experiment_name = None
         self._logged_params = None
         self._artifact_uri = None
         self._initial_tags = {}
@@ -230,6 +242,7 @@ class RunSession:
 
     def _set_identity(self, run: Run, origin: Origin | None) -> None:
         self._run_id = run.info.run_id
+        self._run_name = self._request.run_name or run.info.run_name  # a found run is renamed to the request
         self._life.known(origin)
         self._experiment_id = run.info.experiment_id
         self._resolved_experiment_name = self._runs.experiment_name_of(run.info.experiment_id)

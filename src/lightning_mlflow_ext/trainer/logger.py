@@ -30,6 +30,7 @@ from lightning_mlflow_ext.trainer.metrics import MetricPipeline
 from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, sigterm_exception_types
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
 from lightning_mlflow_ext.trainer.resume import RunContinuity
+from lightning_mlflow_ext.trainer.run_notice import RunLinks
 from lightning_mlflow_ext.trainer.saved_config import SavedConfig
 from lightning_mlflow_ext.trainer.stages import NO_BRIDGE_WARNING, end_stage, final_status, mute_mlflow_autolog
 from lightning_mlflow_ext.values.axes import StepAxis
@@ -100,6 +101,10 @@ class MLflowLogger(FollowsNamespace, Logger):
             on top of the built-in ones (password, token, api_key, ...): words matched as whole segments of
             the key (``"wandb_key"``) or regular expressions (``r"^internal/"``); see ``keys.Redactor``.
             A pattern that cannot work raises ValueError here, before any run is touched.
+        show_run_link: at the end of each fit (validate, test, predict), show the run's link on global rank 0:
+            an HTML block in Jupyter, else the line MLflow prints, ``🏃 View run NAME at: URL`` (for a local
+            store, with the ``mlflow ui`` command that serves it). Once per run and status. ``False``, or
+            MLflow's ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true``, shows none.
 
     Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a
     checkpoint being resumed (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
@@ -128,6 +133,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         registered_model_name: str | None = None,
         end_run: bool | None = None,
         redact: RedactPatterns | None = None,
+        show_run_link: bool = True,
     ) -> None:
         super().__init__()
 
@@ -153,6 +159,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         )
         self._log_best_model = log_best_model or registered_model_name is not None
         self._registered_model_name = registered_model_name
+        self._links = RunLinks(show_run_link)
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
@@ -342,7 +349,7 @@ class MLflowLogger(FollowsNamespace, Logger):
                 self._session, self._warn_once, self._registered_model_name, trainer=trainer, mirror=mirror
             )
             export.record_best_model()
-        end_stage(self._session, final)
+        end_stage(self._session, final, self._links)
         self._interrupted = False
 
     # ---- without a Trainer (a pipeline step that does not train) --------------------------------

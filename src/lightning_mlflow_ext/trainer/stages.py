@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
     from lightning_mlflow_ext.run.session import RunSession
+    from lightning_mlflow_ext.trainer.run_notice import RunLinks
     from lightning_mlflow_ext.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,9 @@ def final_status(status: str, interrupted: bool) -> FinalStatus:
     return "KILLED" if interrupted else "FAILED"
 
 
-def end_stage(session: RunSession, final: FinalStatus) -> None:
+def end_stage(session: RunSession, final: FinalStatus, links: RunLinks) -> None:
     """Wait for the uploads and the writes (``flush_timeout`` at most), end the run as the session decides,
-    and warn about what the store did not take."""
+    warn about what the store did not take, and show the run's link."""
     deadline = time.monotonic() + session.flush_timeout  # the end of a stage waits this long at most
     _wait_for_uploads(session, deadline)
     report = session.end(final, max(deadline - time.monotonic(), PARK_RESERVE_S))
@@ -69,6 +70,7 @@ def end_stage(session: RunSession, final: FinalStatus) -> None:
             report.rejected,
             "; ".join(report.errors[:3]),
         )
+    links.stage_ended(session, report)
 
 
 def _wait_for_uploads(session: RunSession, deadline: float) -> None:
