@@ -71,14 +71,20 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
     return model
 
 
-def _find_or_create(client: MlflowClient, run_id: str, details: Mapping[str, Any]) -> LoggedModel:
-    experiment_id = str(details["experiment_id"])
-    change_id = str(details["change_id"])
+def find_logged_model(client: MlflowClient, experiment_id: str, change_id: str) -> LoggedModel | None:
+    """The logged model the ``model`` change ``change_id`` made, once it is made."""
     found = client.search_logged_models(
         [experiment_id], filter_string=f"tags.`{CHANGE_ID_TAG}` = '{change_id}'", max_results=1
     )
-    if found:
-        return found[0]
+    return found[0] if found else None
+
+
+def _find_or_create(client: MlflowClient, run_id: str, details: Mapping[str, Any]) -> LoggedModel:
+    experiment_id = str(details["experiment_id"])
+    change_id = str(details["change_id"])
+    found = find_logged_model(client, experiment_id, change_id)
+    if found is not None:
+        return found
     return client.create_logged_model(
         experiment_id,
         name=str(details["name"]),
