@@ -95,7 +95,7 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
 
 def assert_superset(client: MlflowClient, theirs: Run, ours: Run) -> dict[str, list[tuple[int, float]]]:
     """MLflow's params, tags, metric keys and steps, and artifacts are all in ours, with the same values; the
-    metrics' differences are returned for the caller to assert."""
+    metrics are returned for the caller to assert the per-step keys, which MLflow records at other steps."""
     theirs, ours = client.get_run(theirs.info.run_id), client.get_run(ours.info.run_id)
     missing = {k: v for k, v in theirs.data.params.items() if ours.data.params.get(k) != v}
     assert not missing, f"params MLflow records that ours lacks or holds otherwise: {missing}"
@@ -104,10 +104,11 @@ def assert_superset(client: MlflowClient, theirs: Run, ours: Run) -> dict[str, l
     their_metrics, our_metrics = history(client, theirs), history(client, ours)
     assert set(their_metrics) <= set(our_metrics), set(their_metrics) - set(our_metrics)
     for key, points in their_metrics.items():
+        if key in STEP_KEYS:
+            continue  # recorded at other steps: the caller asserts how
         ours_at = dict(our_metrics[key])
         assert {step for step, _ in points} <= set(ours_at), (key, points, our_metrics[key])
-        if key not in STEP_KEYS:  # epoch-level values: the same value at each of MLflow's steps
-            assert [ours_at[s] for s, _ in points] == pytest.approx([v for _, v in points]), key
+        assert [ours_at[s] for s, _ in points] == pytest.approx([v for _, v in points]), key
     their_files = artifacts(client, theirs.info.run_id)
     assert their_files <= artifacts(client, ours.info.run_id), their_files - artifacts(client, ours.info.run_id)
     return our_metrics
@@ -151,8 +152,11 @@ def test_defaults_record_what_mlflow_autolog_records(store, tmp_path):
     assert metrics["stopped_epoch"] == [(0, 1.0)] and metrics["restored_epoch"] == [(0, 0.0)]
     # The plain name of a metric logged on_step and on_epoch: its epoch value, at step = epoch.
     assert metrics["train_loss"] == pytest.approx(metrics["train_loss_epoch"])
-    # The remaining difference: per-step keys hold every logged step here, the epoch's last value in MLflow's.
+    # The remaining difference: per-step keys hold every logged step here, the epoch's last value at step = epoch
+    # in MLflow's (a per-step key holding points on two axes).
     assert [s for s, _ in metrics["train_loss_step"]] == list(range(16))
+    ours_at = dict(metrics["train_loss_step"])
+    assert dict(their_metrics["train_loss_step"]) == pytest.approx({0: ours_at[7], 1: ours_at[15]})
 
     # The trained model, as MLflow's fluent API reports it, with the same signature.
     assert their_model is not None and our_model is not None
@@ -189,6 +193,14 @@ def test_mlflow_autolog_options_have_their_meaning(store):
     theirs, their_model = fit("mlflow", plain(), **options)
     ours, our_model = fit("ours", plain(), **options)
     metrics = assert_superset(store, theirs, ours)
+    # Per-step values: MLflow's autolog records each at the global step after its optimizer step, Lightning's
+    # loggers (and so this package) at the step it was computed at: the same values, one step earlier here.
+    their_metrics = history(store, store.get_run(theirs.info.run_id))
+    for key in STEP_KEYS:
+        ours_at = dict(metrics[key])
+        assert [ours_at[step - 1] for step, _ in their_metrics[key]] == pytest.approx(
+            [value for _, value in their_metrics[key]]
+        ), key
     assert their_model is None and our_model is None  # log_models=False
     assert store.get_run(ours.info.run_id).data.tags["team"] == "vision"
     assert [s for s, _ in metrics["train_loss"]] == [1, 3]  # every second epoch

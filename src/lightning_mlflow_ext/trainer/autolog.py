@@ -15,6 +15,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lightning_mlflow_ext.run.fluent import note_last_active_run
 from lightning_mlflow_ext.trainer.autolog_compat import MLflowAutologCompat
 from lightning_mlflow_ext.trainer.bridge import MLflowTrainerBridge
 from lightning_mlflow_ext.trainer.callback import MLflowCallback
@@ -107,6 +108,22 @@ class MLflowAutologCallback(MLflowCallback):
             isinstance(cb, MLflowCallback) and not isinstance(cb, MLflowAutologCallback)
             for cb in trainer_callbacks(trainer)
         )
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._note_run(trainer)
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._note_run(trainer)  # a fit resumed from a checkpoint may have moved to the checkpoint's run
+
+    def _note_run(self, trainer: Any) -> None:
+        """``mlflow.last_active_run()`` returns the fit's run, as after a fit under ``mlflow.pytorch.autolog()``."""
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, MLflowLogger)), None)
+        if logger is not None and trainer.global_rank == 0:
+            note_last_active_run(logger.run_id)
 
 
 def callbacks_factory() -> list[Callback]:

@@ -15,7 +15,7 @@ package's own richer names: a script moved from MLflow's autolog keeps its searc
 * the trained model as the logged model ``model`` (with the signature of the first batch, registered under
   ``registered_model_name``), ``restored_model_checkpoint/`` after an early stop, MLflow's checkpoints
   (``autolog_checkpoints``);
-* ``mlflow.last_active_run()`` and ``mlflow.last_logged_model()`` return this fit's run and model.
+* ``mlflow.last_logged_model()`` returns this fit's model (``last_active_run()`` its run: ``autolog``).
 
 Inert next to ``mlflow.pytorch.autolog()`` itself (which records its names), but for the metrics: this package
 mutes that callback's metrics (``coexist``), so they are recorded here.
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_mlflow_ext.run.fluent import note_last_active_run, note_last_logged_model
+from lightning_mlflow_ext.run.fluent import note_last_logged_model
 from lightning_mlflow_ext.trainer.autolog_checkpoints import AutologCheckpoints, SaveFreq
 from lightning_mlflow_ext.trainer.coexist import MLFLOW_AUTOLOG_CALLBACK
 from lightning_mlflow_ext.trainer.logger import MLflowLogger
@@ -173,7 +173,6 @@ class MLflowAutologCompat(Callback):
             return
         self._logger = logger
         self._mlflow_autolog_on = any(type(cb).__name__ == MLFLOW_AUTOLOG_CALLBACK for cb in trainer_callbacks(trainer))
-        note_last_active_run(logger.run_id)
         if self._mlflow_autolog_on:
             return  # MLflow's own autolog records its params, tags, model and checkpoints
         logger.log_params_once(mlflow_params(trainer))
@@ -257,7 +256,6 @@ class MLflowAutologCompat(Callback):
         logger, change = self._logger, self._model_change
         if stage != "fit" or logger is None:
             return
-        note_last_active_run(logger.run_id)  # a resumed fit may have moved to its checkpoint's run
         if change is not None:
             self._model_change = None
             logger.flush(MODEL_WAIT_S)  # the model is made by the run's delivery: its id is known once the store has it
