@@ -254,7 +254,7 @@ SPAWN_SCRIPT = textwrap.dedent(
     import lightning_mlflow_ext
 
     if __name__ == "__main__":
-        lightning_mlflow_ext.autolog(log_models=False, checkpoint=False)
+        lightning_mlflow_ext.autolog()
         with mlflow.start_run() as run:
             trainer = make_trainer(False, strategy="ddp_spawn", devices=2, max_epochs=2)
             trainer.fit(TinyModel(), TinyData())
@@ -279,3 +279,7 @@ def test_ddp_spawn_inside_an_active_run_records_into_it(store, experiment_name, 
     assert {"val_loss", "train_loss_epoch", "train_loss"} <= set(run.data.metrics)
     assert run.data.params["trainer/devices"] == "2" and run.data.params["optimizer_name"] == "SGD"
     assert sorted(m.step for m in store.get_metric_history(run_id, "val_loss")) == [0, 1]
+    # MLflow's defaults, from the spawned rank 0: its checkpoint and the trained model, in the user's run.
+    assert "checkpoints/latest_checkpoint.pth" in artifacts(store, run_id, "checkpoints")
+    models = store.search_logged_models([experiment.experiment_id])
+    assert [(m.name, m.source_run_id) for m in models] == [("model", run_id)]
