@@ -162,6 +162,9 @@ def test_defaults_record_what_mlflow_autolog_records(store, tmp_path):
     assert their_model is not None and our_model is not None
     assert our_model.name == their_model.name == "model"
     assert our_model.source_run_id == ours.info.run_id
+    for run, model in ((theirs, their_model), (ours, our_model)):  # the model among the run's outputs
+        outputs = store.get_run(run.info.run_id).outputs.model_outputs
+        assert [(o.model_id, o.step) for o in outputs] == [(model.model_id, 0)]
     their_info = mlflow.models.get_model_info(f"models:/{their_model.model_id}")
     our_info = mlflow.models.get_model_info(f"models:/{our_model.model_id}")
     assert our_info.signature is not None and our_info.signature == their_info.signature
