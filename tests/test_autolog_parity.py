@@ -216,10 +216,12 @@ def test_mlflow_autolog_options_have_their_meaning(store):
 
 
 def test_inside_an_active_run_both_record_into_it(store, experiment_name):
+    runs = []
     for which in ("mlflow", "ours"):
         with mlflow.start_run() as active:
-            run, model = fit(which, plain(2), checkpoint=False)
+            run, model = fit(which, plain(2), checkpoint=False, registered_model_name=experiment_name)
             assert run.info.run_id == active.info.run_id
+        runs.append(active.info.run_id)
         assert mlflow.last_active_run().info.run_id == active.info.run_id
         assert model is not None and model.source_run_id == active.info.run_id
         tags = store.get_run(active.info.run_id).data.tags
@@ -227,6 +229,9 @@ def test_inside_an_active_run_both_record_into_it(store, experiment_name):
         assert {"val_loss", "train_loss"} <= set(store.get_run(active.info.run_id).data.metrics)
     experiment = store.get_experiment_by_name(experiment_name)
     assert len(store.search_runs([experiment.experiment_id])) == 2
+    # registered_model_name: each fit's trained model, a new version (MLflow's meaning).
+    versions = store.search_model_versions(f"name = '{experiment_name}'")
+    assert sorted((int(v.version), v.run_id) for v in versions) == [(1, runs[0]), (2, runs[1])]
 
 
 def test_the_mlflow_names_can_be_switched_off(store):
