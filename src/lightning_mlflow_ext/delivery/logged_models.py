@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput
 from mlflow.entities.logged_model import LoggedModel
 from mlflow.entities.logged_model_status import LoggedModelStatus
 from mlflow.exceptions import MlflowException
@@ -63,6 +64,7 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
             _mark_failed_quietly(client, model.model_id)
             raise
         model = client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    _link_to_run(client, run_id, model.model_id)
     if details.get("run_tag"):
         client.set_tag(run_id, str(details["run_tag"]), model.model_id)
     name = details.get("registered_model_name")
@@ -71,14 +73,20 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
     return model
 
 
-def _find_or_create(client: MlflowClient, run_id: str, details: Mapping[str, Any]) -> LoggedModel:
-    experiment_id = str(details["experiment_id"])
-    change_id = str(details["change_id"])
+def find_logged_model(client: MlflowClient, experiment_id: str, change_id: str) -> LoggedModel | None:
+    """The logged model the ``model`` change ``change_id`` made, once it is made."""
     found = client.search_logged_models(
         [experiment_id], filter_string=f"tags.`{CHANGE_ID_TAG}` = '{change_id}'", max_results=1
     )
-    if found:
-        return found[0]
+    return found[0] if found else None
+
+
+def _find_or_create(client: MlflowClient, run_id: str, details: Mapping[str, Any]) -> LoggedModel:
+    experiment_id = str(details["experiment_id"])
+    change_id = str(details["change_id"])
+    found = find_logged_model(client, experiment_id, change_id)
+    if found is not None:
+        return found
     return client.create_logged_model(
         experiment_id,
         name=str(details["name"]),
@@ -87,6 +95,14 @@ def _find_or_create(client: MlflowClient, run_id: str, details: Mapping[str, Any
         params=dict(details.get("params", {})),
         model_type=str(details.get("model_type") or "") or None,
     )
+
+
+def _link_to_run(client: MlflowClient, run_id: str, model_id: str) -> None:
+    """The model among the run's outputs (``run.outputs.model_outputs``), as ``mlflow.<flavor>.log_model`` links
+    it; looked up first, since MLflow stores every call as one more link."""
+    outputs = client.get_run(run_id).outputs
+    if not any(output.model_id == model_id for output in (outputs.model_outputs if outputs else [])):
+        client.log_outputs(run_id, [LoggedModelOutput(model_id=model_id, step=0)])
 
 
 def _register(client: MlflowClient, run_id: str, model: LoggedModel, name: str, alias: object) -> None:

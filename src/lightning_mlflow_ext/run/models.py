@@ -1,4 +1,5 @@
-"""The best checkpoint as an MLflow Model in the run's own experiment, optionally registered as ``@best``.
+"""MLflow Models of a run: the best checkpoint's (``best``, optionally registered as ``@best``) and the trained
+model ``mlflow.pytorch.autolog()`` logs (``model``), in the run's own experiment.
 
 Saved here, on disk; logged and registered by the run's delivery (``delivery.logged_models``), so a model made
 while the store is unreachable arrives with ``lightning-mlflow sync`` like every other write.
@@ -15,10 +16,14 @@ from importlib.metadata import version
 from types import ModuleType
 from typing import Any
 
-from lightning_mlflow_ext.delivery.logged_models import model_details
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from lightning_mlflow_ext.delivery.logged_models import find_logged_model, model_details
 from lightning_mlflow_ext.run.tags import BEST_MODEL_ID_TAG, MODEL_CHECKPOINT_TAG, MODEL_STEP_TAG
 
 BEST_ALIAS = "best"
+log = logging.getLogger(__name__)
 
 
 def mlflow_pytorch() -> ModuleType:
@@ -64,3 +69,57 @@ def save_best_model(
         registered_model_name=registered_model_name,
         alias=BEST_ALIAS if registered_model_name else None,
     )
+
+
+def save_trained_model(
+    module: Any,
+    folder: str | os.PathLike[str],
+    *,
+    experiment_id: str,
+    name: str,
+    example: tuple[Any, Any] | None = None,
+    registered_model_name: str | None = None,
+) -> dict[str, Any]:
+    """Save ``module`` as it is now as an MLflow Model in ``folder``, as ``mlflow.pytorch.autolog()`` logs the
+    trained model: named ``name``, with the signature of ``example`` (a first ``(input, output)`` pair of
+    tensors) when given, registered as a new version of ``registered_model_name`` when given. Returns what the
+    ``model`` change carries (``delivery.logged_models``)."""
+    mlflow_pytorch().save_model(
+        module,
+        str(folder),
+        serialization_format="pickle",
+        pip_requirements=_requirements(),
+        signature=_signature(example),
+    )
+    return model_details(
+        change_id=uuid.uuid4().hex,
+        experiment_id=experiment_id,
+        name=name,
+        tags={},
+        params={},
+        model_type="pytorch",
+        registered_model_name=registered_model_name,
+    )
+
+
+def logged_model_id(client: MlflowClient, experiment_id: str, change_id: str) -> str | None:
+    """The id of the logged model a ``model`` change made; None while it is not made (the store is unreachable)."""
+    try:
+        found = find_logged_model(client, experiment_id, change_id)
+    except MlflowException as exc:
+        log.debug("could not look up the logged model of change %s: %s", change_id, exc)
+        return None
+    return None if found is None else str(found.model_id)
+
+
+def _signature(example: tuple[Any, Any] | None) -> Any:
+    """The model signature of one ``(input, output)`` pair of tensors, as MLflow's autolog infers it."""
+    if example is None:
+        return None
+    from mlflow.models import infer_signature
+
+    try:
+        return infer_signature(example[0].cpu().numpy(), example[1].detach().cpu().numpy())
+    except Exception as exc:  # an input MLflow cannot describe: the model is logged without a signature
+        log.warning("Could not infer the model signature (%s); the model is logged without one.", exc)
+        return None

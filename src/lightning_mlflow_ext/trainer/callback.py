@@ -16,7 +16,8 @@ from typing_extensions import override
 
 from lightning_mlflow_ext.lineage.errors import LineageError
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint, fingerprint
-from lightning_mlflow_ext.trainer.distributed import from_rank_zero
+from lightning_mlflow_ext.run.fluent import active_run_id
+from lightning_mlflow_ext.trainer.distributed import from_rank_zero, is_global_rank_zero
 from lightning_mlflow_ext.trainer.logger import MLflowLogger
 from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, learning_rate_monitor_types
 from lightning_mlflow_ext.trainer.summaries import (
@@ -222,6 +223,21 @@ class MLflowCallback(FollowsNamespace, Callback):
         logger.set_lineage_tags("incomplete" if problems else "reproducible", problems)
         if problems:
             log.warning("The data of this fit cannot be fetched again exactly: %s", "; ".join(problems))
+
+    # A copy in another process (ddp_spawn pickles the Trainer for its workers).
+
+    def __getstate__(self) -> dict[str, Any]:
+        if (
+            self._own_logger is None
+            and "run_id" not in self.logger_options
+            and is_global_rank_zero()
+            and active_run_id() is not None
+        ):
+            # The workers have no active run: the logger this callback adds to a Trainer without one is made here,
+            # where the user's `with mlflow.start_run():` is active, and its copies carry that run (the logger
+            # resolves it when it is pickled). Unused when the Trainer has an MLflowLogger of its own.
+            self._own_logger = MLflowLogger(**self.logger_options)
+        return self.__dict__.copy()
 
     # Lineage travels in Lightning checkpoints: a fit resumed on other data is detected and recorded.
 

@@ -67,7 +67,9 @@ class HyperparamRecorder:
         self._param_names = NameMapper()
         self._changed_params: dict[str, str] = {}
 
-    def log(self, params: Mapping[str, Any] | Namespace | Any) -> None:
+    def log(self, params: Mapping[str, Any] | Namespace | Any, *, keep_existing: bool = False) -> None:
+        """``keep_existing``: a param the run already holds keeps its value, silently (names another tool also
+        records, where the user's own hyperparameter of that name comes first)."""
         rendered = render_hparams(params, self._redactor)
         if not rendered:
             return
@@ -85,7 +87,7 @@ class HyperparamRecorder:
             elif logged[name] != value:
                 changed[name] = value
         self._session.log_params(new)
-        if changed:
+        if changed and not keep_existing:
             self._record_changed_params(changed)
         if truncated:
             self._warn_once(

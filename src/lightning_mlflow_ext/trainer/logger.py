@@ -19,6 +19,7 @@ from lightning.pytorch.loggers.logger import Logger
 from typing_extensions import override
 
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
+from lightning_mlflow_ext.run.models import logged_model_id, save_trained_model
 from lightning_mlflow_ext.run.session import RunSession
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.trainer.best_model import BestModelExport
@@ -249,6 +250,39 @@ class MLflowLogger(FollowsNamespace, Logger):
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace | Any, *args: Any, **kwargs: Any) -> None:
         self._hparams.log(params)
+
+    # ---- what mlflow.pytorch.autolog() records, next to this package's names (trainer/autolog_compat.py) ----
+
+    @rank_zero_only
+    def log_params_once(self, params: Mapping[str, Any]) -> None:
+        """Params that another tool names too: a name the run already holds keeps its value, silently."""
+        self._hparams.log(params, keep_existing=True)
+
+    @rank_zero_only
+    def log_epoch_metrics(self, metrics: Mapping[str, Any], epoch: int) -> None:
+        """Epoch-level values of ``epoch``, logged after it ended: at step = epoch (on the epoch axis)."""
+        self._metrics.log(metrics, self._trainer.global_step if self._trainer else epoch, self._trainer, epoch=epoch)
+
+    @rank_zero_only
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags on the run (values rendered as text, secret-looking values redacted)."""
+        self._session.set_tags(run_tags(tags, self._redactor))
+
+    @property
+    def created_run(self) -> bool:
+        """True when this logger created its run (not the active run, a run id, a checkpoint's run)."""
+        return self._session.resolved and self._session.origin == "created"
+
+    def log_model(self, module: Any, name: str = "model", **options: Any) -> str:
+        """``module`` as it is now, as the MLflow Model ``name`` of the run (``run.models.save_trained_model``),
+        logged in the background; returns what ``logged_model_id`` takes once ``flush`` returned."""
+        folder = self._session.uploader.model_folder()
+        details = save_trained_model(module, folder, experiment_id=self.experiment_id, name=name, **options)
+        self._session.uploader.log_model(folder, details)
+        return str(details["change_id"])
+
+    def logged_model_id(self, change_id: str) -> str | None:
+        return logged_model_id(self._session.client, self.experiment_id, change_id)
 
     # ---- data lineage -------------------------------------------------------------------------
 

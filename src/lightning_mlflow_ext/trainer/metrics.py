@@ -68,12 +68,15 @@ class MetricPipeline:
 
     # ---- points ---------------------------------------------------------------------------------
 
-    def log(self, metrics: Mapping[str, Any], step: int | None, trainer: pl.Trainer | None) -> None:
+    def log(
+        self, metrics: Mapping[str, Any], step: int | None, trainer: pl.Trainer | None, *, epoch: int | None = None
+    ) -> None:
+        """``epoch``: the metrics are epoch-level values of that epoch (recorded at step = epoch on its axis)."""
         # This runs on the training thread for every logging step: keys already known to be recorded at the
         # step they are logged with (most of them) take a dict lookup, and finite floats skip any conversion.
         timestamp = int(time.time() * 1000)
         at_step = None if step is None else int(step)
-        known = self._step_axis_names
+        known = self._step_axis_names if epoch is None else {}
         epoch_name = self._epoch_name
         floor = self.resume_floor
         points: list[MetricPoint] = []
@@ -91,7 +94,7 @@ class MetricPipeline:
                 if not floor or at_step > floor.get(name, -1):
                     points.append((name, value, timestamp, at_step))
                 continue
-            point = self._first_time_point(key, value, timestamp, at_step, trainer)
+            point = self._first_time_point(key, value, timestamp, at_step, trainer, epoch)
             if point is not None and not (floor and point[3] <= floor.get(point[0], -1)):
                 points.append(point)  # (a resumed fit replays steps the run already holds: the first point stays)
         if points:
@@ -101,7 +104,13 @@ class MetricPipeline:
             self._session.log_metrics(points)
 
     def _first_time_point(
-        self, logged: str, value: float, timestamp: int, step: int | None, trainer: pl.Trainer | None
+        self,
+        logged: str,
+        value: float,
+        timestamp: int,
+        step: int | None,
+        trainer: pl.Trainer | None,
+        epoch: int | None = None,
     ) -> MetricPoint | None:
         """The point for a key not (yet) known to stay on the logged step: name it, choose its axis."""
         key = logged
@@ -119,8 +128,8 @@ class MetricPipeline:
         else:
             point_step = self._axes.step_for(
                 name,
-                epoch_level=self._at_epoch_end and self._epoch_axis_allowed,
-                epoch=trainer.current_epoch if trainer is not None else None,
+                epoch_level=epoch is not None or (self._at_epoch_end and self._epoch_axis_allowed),
+                epoch=epoch if epoch is not None else trainer.current_epoch if trainer is not None else None,
                 step=point_step,
             )
             if step is not None and self._axes.on_step_axis(name):
