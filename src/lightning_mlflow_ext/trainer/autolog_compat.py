@@ -175,9 +175,9 @@ class MLflowAutologCompat(Callback):
         self._mlflow_autolog_on = any(type(cb).__name__ == MLFLOW_AUTOLOG_CALLBACK for cb in trainer_callbacks(trainer))
         if self._mlflow_autolog_on:
             return  # MLflow's own autolog records its params, tags, model and checkpoints
-        logger.log_params_once(mlflow_params(trainer))
+        logger.mlflow_names.log_params_once(mlflow_params(trainer))
         tags: dict[str, Any] = {"Mode": "training"}
-        if logger.created_run:
+        if logger.mlflow_names.created_run:
             tags.update({AUTOLOGGING_TAG: AUTOLOGGING_FLAVOR, **self.extra_tags})
         logger.set_tags(tags)
         if self.checkpoints is not None:
@@ -201,7 +201,7 @@ class MLflowAutologCompat(Callback):
         if (trainer.current_epoch + 1) % self.log_every_n_epoch == 0:
             extra = _not_handed(trainer, values)
             if extra:
-                logger.log_epoch_metrics(extra, trainer.current_epoch)
+                logger.mlflow_names.log_epoch_metrics(extra, trainer.current_epoch, trainer)
         if self.checkpoints is not None and not self._mlflow_autolog_on:
             self.checkpoints.on_epoch(trainer, logger)
 
@@ -235,7 +235,8 @@ class MLflowAutologCompat(Callback):
         callbacks = trainer_callbacks(trainer)
         stopped = early_stop_metrics(callbacks)
         if stopped:
-            logger.log_epoch_metrics(stopped, 0)  # at step 0, as MLflow's autolog logs metrics without a step
+            # At step 0, as MLflow's autolog logs metrics without a step.
+            logger.mlflow_names.log_epoch_metrics(stopped, 0, trainer)
         if not self.log_models:
             return
         try:
@@ -259,7 +260,7 @@ class MLflowAutologCompat(Callback):
         if change is not None:
             self._model_change = None
             logger.flush(MODEL_WAIT_S)  # the model is made by the run's delivery: its id is known once the store has it
-            model_id = logger.logged_model_id(change)
+            model_id = logger.mlflow_names.logged_model_id(change)
             if model_id is not None:
                 note_last_logged_model(model_id)
 

@@ -19,11 +19,12 @@ from lightning.pytorch.loggers.logger import Logger
 from typing_extensions import override
 
 from lightning_mlflow_ext.lineage.fingerprint import Fingerprint
-from lightning_mlflow_ext.run.models import logged_model_id, save_trained_model
+from lightning_mlflow_ext.run.models import save_trained_model
 from lightning_mlflow_ext.run.session import RunSession
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.trainer.best_model import BestModelExport
 from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
+from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
@@ -251,27 +252,12 @@ class MLflowLogger(FollowsNamespace, Logger):
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace | Any, *args: Any, **kwargs: Any) -> None:
         self._hparams.log(params)
 
-    # ---- what mlflow.pytorch.autolog() records, next to this package's names (trainer/autolog_compat.py) ----
-
-    @rank_zero_only
-    def log_params_once(self, params: Mapping[str, Any]) -> None:
-        """Params that another tool names too: a name the run already holds keeps its value, silently."""
-        self._hparams.log(params, keep_existing=True)
-
-    @rank_zero_only
-    def log_epoch_metrics(self, metrics: Mapping[str, Any], epoch: int) -> None:
-        """Epoch-level values of ``epoch``, logged after it ended: at step = epoch (on the epoch axis)."""
-        self._metrics.log(metrics, self._trainer.global_step if self._trainer else epoch, self._trainer, epoch=epoch)
+    # ---- tags and models of your own ------------------------------------------------------------
 
     @rank_zero_only
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Tags on the run (values rendered as text, secret-looking values redacted)."""
         self._session.set_tags(run_tags(tags, self._redactor))
-
-    @property
-    def created_run(self) -> bool:
-        """True when this logger created its run (not the active run, a run id, a checkpoint's run)."""
-        return self._session.resolved and self._session.origin == "created"
 
     def log_model(self, module: Any, name: str = "model", **options: Any) -> str:
         """``module`` as it is now, as the MLflow Model ``name`` of the run (``run.models.save_trained_model``),
@@ -281,8 +267,10 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._session.uploader.log_model(folder, details)
         return str(details["change_id"])
 
-    def logged_model_id(self, change_id: str) -> str | None:
-        return logged_model_id(self._session.client, self.experiment_id, change_id)
+    @property
+    def mlflow_names(self) -> CompatWrites:
+        """The writes ``autolog()`` makes under ``mlflow.pytorch.autolog()``'s names (trainer/autolog_compat.py)."""
+        return CompatWrites(self._session, self._hparams, self._metrics)
 
     # ---- data lineage -------------------------------------------------------------------------
 
