@@ -199,7 +199,7 @@ class MLflowAutologCompat(Callback):
         values = _scalars(trainer.callback_metrics)
         self._epoch_keys.update(values)
         if (trainer.current_epoch + 1) % self.log_every_n_epoch == 0:
-            extra = _not_handed(trainer, values)
+            extra = logger.mlflow_names.not_handed(_not_handed(trainer, values))
             if extra:
                 logger.mlflow_names.log_epoch_metrics(extra, trainer.current_epoch, trainer)
         if self.checkpoints is not None and not self._mlflow_autolog_on:
@@ -216,11 +216,10 @@ class MLflowAutologCompat(Callback):
         if every and ((step // max(1, len(trainer.optimizers))) + 1) % every == 0:
             metrics = _scalars(trainer.callback_metrics)
             skip = self._epoch_keys  # as MLflow's autolog: a key recorded at epoch ends is not recorded at steps
-            extra = _not_handed(
-                trainer, {k: v for k, v in metrics.items() if k not in skip and f"{k}_step" not in metrics}
-            )
+            wanted = {k: v for k, v in metrics.items() if k not in skip and f"{k}_step" not in metrics}
+            extra = logger.mlflow_names.not_handed(_not_handed(trainer, wanted))
             if extra:
-                logger.log_metrics(extra, step=step)
+                logger.mlflow_names.log_step_metrics(extra, step, trainer)
         if self.checkpoints is not None and not self._mlflow_autolog_on:
             self.checkpoints.on_step(trainer, logger)
 

@@ -27,6 +27,7 @@ class CompatWrites:
         self._session = session
         self._hparams = hparams
         self._metrics = metrics
+        self._own: set[str] = set()  # keys these writes logged themselves (they are "seen" too)
 
     @rank_zero_only
     def log_params_once(self, params: Mapping[str, Any]) -> None:
@@ -36,7 +37,20 @@ class CompatWrites:
     @rank_zero_only
     def log_epoch_metrics(self, metrics: Mapping[str, Any], epoch: int, trainer: pl.Trainer | None) -> None:
         """Epoch-level values of ``epoch``, logged after it ended: at step = epoch (on the epoch axis)."""
+        self._own.update(metrics)
         self._metrics.log(metrics, trainer.global_step if trainer is not None else epoch, trainer, epoch=epoch)
+
+    def not_handed(self, values: Mapping[str, float]) -> dict[str, float]:
+        """The metrics among ``values`` no caller has handed the logger (a callback such as LearningRateMonitor
+        hands its own straight to the loggers, and Lightning's ``logged_metrics`` does not list them)."""
+        seen, own = self._metrics.keys_seen, self._own
+        return {key: value for key, value in values.items() if key not in seen or key in own}
+
+    @rank_zero_only
+    def log_step_metrics(self, metrics: Mapping[str, Any], step: int, trainer: pl.Trainer | None) -> None:
+        """Values of the training step ``step``, at that step."""
+        self._own.update(metrics)
+        self._metrics.log(metrics, step, trainer)
 
     @property
     def created_run(self) -> bool:

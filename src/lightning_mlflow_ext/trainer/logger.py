@@ -168,6 +168,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
         self._checkpoints = CheckpointUploads(self._session, log_model)
+        self._compat = CompatWrites(self._session, self._hparams, self._metrics)
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
         )
@@ -270,7 +271,7 @@ class MLflowLogger(FollowsNamespace, Logger):
     @property
     def mlflow_names(self) -> CompatWrites:
         """The writes ``autolog()`` makes under ``mlflow.pytorch.autolog()``'s names (trainer/autolog_compat.py)."""
-        return CompatWrites(self._session, self._hparams, self._metrics)
+        return self._compat
 
     # ---- data lineage -------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class MetricPipeline:
         self._axes_seeded = False
         self._last_train_step: int | None = None  # the step a running fit is expected to end at, when known
         self._step_axis_names: dict[str, str] = {}  # logged key -> name, for keys recorded at the logged step
+        self.keys_seen: set[str] = set()  # every key a caller handed this pipeline (first-time points add them)
         self._epoch_name: str | None = None  # the name Lightning's `epoch` key is recorded under, once seen
         #: key -> last step the run held when this fit resumed: points at or below it are not sent again.
         self.resume_floor: dict[str, int] = {}
@@ -114,6 +115,7 @@ class MetricPipeline:
     ) -> MetricPoint | None:
         """The point for a key not (yet) known to stay on the logged step: name it, choose its axis."""
         key = logged
+        self.keys_seen.add(logged)
         is_epoch = key == EPOCH_KEY
         if self._prefix:
             key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"

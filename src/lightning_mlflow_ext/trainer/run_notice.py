@@ -122,12 +122,13 @@ class RunLinks:
                 return
             self._shown.add((notice.run_id, notice.status))
             show(notice)
-        except Exception as exc:  # a closed stdout, a broken display hook, MLflow's variable set to "yes"
+        except Exception as exc:  # a closed stderr, a broken display hook, MLflow's variable set to "yes"
             log.warning("Could not show the link to MLflow run %s: %s", session.known_run_id, exc)
 
 
 def show(notice: RunNotice) -> None:
-    """An HTML block in a Jupyter kernel, else the line on stdout (where MLflow prints its own)."""
+    """An HTML block in a Jupyter kernel, else MLflow's line on stderr: a terminal shows it, and a script's
+    stdout stays its own (``RUN_ID=$(python step.py)`` in a pipeline captures only what the step prints)."""
     if in_jupyter_kernel():
         from IPython.display import display
 
@@ -136,12 +137,13 @@ def show(notice: RunNotice) -> None:
             return
         except Exception:  # a worker forked from the kernel (ddp_notebook) may not reach its display
             pass
-    if sys.stdout is None:  # pythonw
+    stream = sys.stderr
+    if stream is None:  # pythonw
         return
     line = notice.line() + "\n"
     try:
-        sys.stdout.write(line)
+        stream.write(line)
     except UnicodeEncodeError:  # a console that cannot show the emoji
-        encoding = sys.stdout.encoding or "ascii"
-        sys.stdout.write(line.encode(encoding, "replace").decode(encoding))
-    sys.stdout.flush()
+        encoding = stream.encoding or "ascii"
+        stream.write(line.encode(encoding, "replace").decode(encoding))
+    stream.flush()
