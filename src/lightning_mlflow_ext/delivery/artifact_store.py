@@ -9,7 +9,6 @@ default of ``mlflow server``), this sends the file with ``sendfile`` instead: th
 from __future__ import annotations
 
 import contextlib
-import inspect
 import posixpath
 import shutil
 import urllib.parse
@@ -20,7 +19,6 @@ from mlflow.environment_variables import MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD
 from mlflow.store.artifact.artifact_repo import ArtifactRepository, verify_artifact_path
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 from mlflow.utils.mime_type_utils import _guess_mime_type
 
 from lightning_mlflow_ext.delivery.endpoint import Endpoint
@@ -30,19 +28,6 @@ from lightning_mlflow_ext.delivery.records import ArtifactOp
 
 #: Seconds a single send or receive of an upload may stall before it counts as failed.
 UPLOAD_TIMEOUT_S = 300.0
-
-
-def _artifact_repository(artifact_uri: str, tracking_uri: str) -> ArtifactRepository:
-    """The repository of ``artifact_uri``, with ``mlflow-artifacts:`` URIs resolved against ``tracking_uri``.
-
-    MLflow 3.0 and 3.1 take no ``tracking_uri`` and would resolve the proxy against the process's tracking URI:
-    there the proxy URI is made a plain HTTP one first.
-    """
-    if "tracking_uri" in inspect.signature(get_artifact_repository).parameters:
-        return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
-    if urllib.parse.urlparse(artifact_uri).scheme == "mlflow-artifacts":
-        artifact_uri = MlflowArtifactsRepository.resolve_uri(artifact_uri, tracking_uri)  # type: ignore[no-untyped-call]
-    return get_artifact_repository(artifact_uri)
 
 
 class RunArtifacts:
@@ -63,7 +48,7 @@ class RunArtifacts:
         """The run's artifact repository; building it makes no request when the artifact URI is known."""
         if self._repository is None:
             artifact_uri = self._artifact_uri or self._client.get_run(self._run_id).info.artifact_uri
-            self._repository = _artifact_repository(artifact_uri, self._tracking_uri)
+            self._repository = get_artifact_repository(artifact_uri, tracking_uri=self._tracking_uri)
             if isinstance(self._repository, HttpArtifactRepository):
                 self._endpoint = Endpoint(self._repository.artifact_uri)
         return self._repository

@@ -12,6 +12,7 @@ import logging
 import os
 import uuid
 from importlib.metadata import version
+from inspect import signature
 from types import ModuleType
 from typing import Any
 
@@ -52,7 +53,11 @@ def save_best_model(
     the ``model`` change that logs it into the run carries (``delivery.logged_models``): the logged model
     ``best`` of the run's experiment, tagged with its checkpoint, its id in the run's ``best_model_id`` tag, and
     registered as ``<registered_model_name>@best`` when a name is given."""
-    mlflow_pytorch().save_model(module, str(folder), serialization_format="pickle", pip_requirements=_requirements())
+    pytorch = mlflow_pytorch()
+    # MLflow before 3.11 has only the pickle format and no ``serialization_format`` option.
+    has_formats = "serialization_format" in signature(pytorch.save_model).parameters
+    formats = {"serialization_format": "pickle"} if has_formats else {}
+    pytorch.save_model(module, str(folder), pip_requirements=_requirements(), **formats)
     return model_details(
         change_id=uuid.uuid4().hex,
         experiment_id=experiment_id,
