@@ -186,12 +186,12 @@ def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_u
     from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
     from lightning_mlflow_ext.delivery.logged_models import model_details
     from lightning_mlflow_ext.delivery.records import ArtifactOp
-    from lightning_mlflow_ext.run.models import mlflow_pytorch
+    from lightning_mlflow_ext.run.models import save_pickled
 
     experiment_id = client.create_experiment(experiment_name)
     run_id = client.create_run(experiment_id).info.run_id
     saved = tmp_path / "saved" / "model"
-    mlflow_pytorch().save_model(torch.nn.Linear(2, 1), str(saved), serialization_format="pickle")
+    save_pickled(torch.nn.Linear(2, 1), saved)
     name = experiment_name[-20:] + "-m"
     details = model_details(
         change_id="replayed-change", experiment_id=experiment_id, name="best", tags={"k": "v"},

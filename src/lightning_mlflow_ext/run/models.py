@@ -39,6 +39,15 @@ def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "lightning", "mlflow")]
 
 
+def save_pickled(module: Any, folder: str | os.PathLike[str], **options: Any) -> None:
+    """``mlflow.pytorch.save_model`` of the whole pickled module, on every supported MLflow: before 3.11 pickle is
+    its only format and it takes no ``serialization_format``."""
+    pytorch = mlflow_pytorch()
+    if "serialization_format" in signature(pytorch.save_model).parameters:
+        options["serialization_format"] = "pickle"
+    pytorch.save_model(module, str(folder), **options)
+
+
 def save_best_model(
     module: Any,
     folder: str | os.PathLike[str],
@@ -53,11 +62,7 @@ def save_best_model(
     the ``model`` change that logs it into the run carries (``delivery.logged_models``): the logged model
     ``best`` of the run's experiment, tagged with its checkpoint, its id in the run's ``best_model_id`` tag, and
     registered as ``<registered_model_name>@best`` when a name is given."""
-    pytorch = mlflow_pytorch()
-    # MLflow before 3.11 has only the pickle format and no ``serialization_format`` option.
-    has_formats = "serialization_format" in signature(pytorch.save_model).parameters
-    formats = {"serialization_format": "pickle"} if has_formats else {}
-    pytorch.save_model(module, str(folder), pip_requirements=_requirements(), **formats)
+    save_pickled(module, folder, pip_requirements=_requirements())
     return model_details(
         change_id=uuid.uuid4().hex,
         experiment_id=experiment_id,
