@@ -38,7 +38,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# MLflow names this tag from 3.x on (the name its own git context writes); older 3.x releases lack the constant.
+# MLflow names this tag from 3.4 on (the name its own git context writes); 3.2 and 3.3 lack the constant.
 MLFLOW_GIT_DIRTY: str = getattr(mlflow_tags, "MLFLOW_GIT_DIRTY", "mlflow.source.git.dirty")
 
 DIFF_LIMIT = 1_000_000
