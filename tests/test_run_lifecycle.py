@@ -207,7 +207,9 @@ def _run_script(code: str, tracking_uri: str, cwd: str) -> subprocess.CompletedP
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)},
+        # The tests folder first, and whatever PYTHONPATH names (the package under test when it is not installed).
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(__file__),
+                                                                        os.environ.get("PYTHONPATH")]))},
     )
 
 

@@ -17,6 +17,8 @@ from mlflow.entities import LoggedModelOutput
 from mlflow.entities.logged_model import LoggedModel
 from mlflow.entities.logged_model_status import LoggedModelStatus
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault
 
@@ -59,7 +61,7 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
     model = _find_or_create(client, run_id, details)
     if model.status != LoggedModelStatus.READY:
         try:
-            client.log_model_artifacts(model.model_id, str(folder))
+            _store_files(client, model, folder)
         except Exception:
             _mark_failed_quietly(client, model.model_id)
             raise
@@ -71,6 +73,15 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
     if name:
         _register(client, run_id, model, str(name), details.get("alias"))
     return model
+
+
+def _store_files(client: MlflowClient, model: LoggedModel, folder: Path) -> None:
+    """``client.log_model_artifacts``, with the model's ``mlflow-artifacts:`` location resolved against the
+    client's store: older MLflow 3 releases (3.2 among them) resolve it against the process's tracking URI,
+    which need not be this run's store."""
+    uri = client.tracking_uri
+    location = add_databricks_profile_info_to_artifact_uri(model.artifact_location, uri)  # type: ignore[no-untyped-call]
+    get_artifact_repository(location, tracking_uri=uri).log_artifacts(str(folder))  # type: ignore[no-untyped-call]
 
 
 def find_logged_model(client: MlflowClient, experiment_id: str, change_id: str) -> LoggedModel | None:

@@ -13,7 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_GIT_REPO_URL
+from mlflow.utils import mlflow_tags
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
 
 from lightning_mlflow_ext.lineage.content import nearest_dir
 from lightning_mlflow_ext.lineage.errors import SourceLoadError
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# MLflow names this tag from 3.4 on (the name its own git context writes); 3.2 and 3.3 lack the constant.
+MLFLOW_GIT_DIRTY: str = getattr(mlflow_tags, "MLFLOW_GIT_DIRTY", "mlflow.source.git.dirty")
 
 DIFF_LIMIT = 1_000_000
 """Bytes of ``git diff`` that `code_diff` keeps (1 MB)."""

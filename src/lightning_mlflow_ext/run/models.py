@@ -13,6 +13,7 @@ import logging
 import os
 import uuid
 from importlib.metadata import version
+from inspect import signature
 from types import ModuleType
 from typing import Any
 
@@ -43,6 +44,15 @@ def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "lightning", "mlflow")]
 
 
+def save_pickled(module: Any, folder: str | os.PathLike[str], **options: Any) -> None:
+    """``mlflow.pytorch.save_model`` of the whole pickled module, on every supported MLflow: before 3.11 pickle is
+    its only format and it takes no ``serialization_format``."""
+    pytorch = mlflow_pytorch()
+    if "serialization_format" in signature(pytorch.save_model).parameters:
+        options["serialization_format"] = "pickle"
+    pytorch.save_model(module, str(folder), **options)
+
+
 def save_best_model(
     module: Any,
     folder: str | os.PathLike[str],
@@ -57,7 +67,7 @@ def save_best_model(
     the ``model`` change that logs it into the run carries (``delivery.logged_models``): the logged model
     ``best`` of the run's experiment, tagged with its checkpoint, its id in the run's ``best_model_id`` tag, and
     registered as ``<registered_model_name>@best`` when a name is given."""
-    mlflow_pytorch().save_model(module, str(folder), serialization_format="pickle", pip_requirements=_requirements())
+    save_pickled(module, folder, pip_requirements=_requirements())
     return model_details(
         change_id=uuid.uuid4().hex,
         experiment_id=experiment_id,
@@ -84,13 +94,7 @@ def save_trained_model(
     trained model: named ``name``, with the signature of ``example`` (a first ``(input, output)`` pair of
     tensors) when given, registered as a new version of ``registered_model_name`` when given. Returns what the
     ``model`` change carries (``delivery.logged_models``)."""
-    mlflow_pytorch().save_model(
-        module,
-        str(folder),
-        serialization_format="pickle",
-        pip_requirements=_requirements(),
-        signature=_signature(example),
-    )
+    save_pickled(module, folder, pip_requirements=_requirements(), signature=_signature(example))
     return model_details(
         change_id=uuid.uuid4().hex,
         experiment_id=experiment_id,

@@ -44,7 +44,8 @@ def validates_once_per_epoch(trainer: pl.Trainer) -> bool:
     """True when a fit validates at most once an epoch, so step = epoch gives each point its own step."""
     if trainer.check_val_every_n_epoch is None:
         return False  # validation every N batches, across epoch boundaries
-    every = trainer.val_check_batch
+    # Lightning < 2.5 sets ``val_check_batch`` only when the fit loop sets up its data (after the sanity check).
+    every: int | float | None = getattr(trainer, "val_check_batch", None)
     batches = trainer.num_training_batches
     if every is None:
         return True
