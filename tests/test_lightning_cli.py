@@ -211,6 +211,27 @@ def test_lightnings_own_save_config_callback_runs_again_in_the_same_folder_and_r
     assert not (save_dir / "config.yaml").exists()
 
 
+def test_a_fit_that_fails_before_training_leaves_no_config_in_the_way_of_the_next(tmp_path):
+    # A negative learning rate: the optimizer refuses it after Lightning's SaveConfigCallback wrote config.yaml
+    # into save_dir and before the sanity check. The next run in the same folder must start all the same.
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    write_config(tmp_path, datasets=False, checkpoints=True, name="config.yaml", tracking_uri=uri)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    command = [sys.executable, str(SCRIPT), "--lightning-save-config", "fit", "--config", "config.yaml"]
+    failed = subprocess.run([*command, "--model.lr=-1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=240)  # fmt: skip
+    assert failed.returncode != 0 and "Invalid learning rate" in failed.stderr, failed.stderr[-2000:]
+    assert not (tmp_path / SAVE_DIR / "config.yaml").exists()
+    check_ok(subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240))
+
+    client = mlflow.MlflowClient(uri)
+    statuses = sorted(run.info.status for run in runs(client))
+    assert statuses == ["FAILED", "FINISHED"]
+    for run in runs(client):  # each run holds the config it was started with
+        text = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / run.info.run_id)))
+        assert yaml.safe_load(text.read_text())["model"]["lr"] == (-1 if run.info.status == "FAILED" else 0.05)
+
+
 def test_a_resumed_fit_continues_its_run_and_replaces_the_config(tmp_path):
     # No MLflowCallback(datasets=...) here: it writes into the run at setup, before the checkpoint is read, so a
     # resumed fit with it gets a new run (tagged resumed_from_run) instead of continuing the checkpoint's run.

@@ -7,6 +7,7 @@ to the logger only through ``protocol.TrainerHooks``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
@@ -19,6 +20,8 @@ from lightning_mlflow_ext.trainer.logger import MLflowLogger
 from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, save_config_callback_types
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY, TrainerHooks
 from lightning_mlflow_ext.trainer.summaries import trainer_callbacks
+
+log = logging.getLogger(__name__)
 
 
 def _mlflow_loggers(trainer: pl.Trainer) -> list[TrainerHooks]:
@@ -178,3 +181,9 @@ class MLflowTrainerBridge(FollowsNamespace, Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         for logger in _mlflow_loggers(trainer):
             logger.note_exception(exception)
+        # A fit that fails before its sanity check must not leave the config file in save_dir: the next run in
+        # the same folder would refuse to start (Lightning's SaveConfigCallback finds it there).
+        try:
+            self._config_saved(trainer)
+        except Exception as exc:  # the fit's own exception is what the user must see
+            log.warning("Could not move the saved config into the MLflow run: %s", exc)
