@@ -24,7 +24,7 @@ import pytest
 import pytorch_lightning
 import yaml
 from mlflow import MlflowClient
-from tiny import pytorch_lightning_tiny
+from tiny import pytorch_lightning_tiny, trainer_settings
 
 from lightning_mlflow_ext import MLflowCallback, MLflowLogger, autolog
 from lightning_mlflow_ext.trainer.autolog import callbacks_factory
@@ -71,20 +71,7 @@ def pl_entry_point(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 def make_pl_trainer(logger: Any, **overrides: Any) -> pytorch_lightning.Trainer:
     """``tiny.make_trainer``, as a ``pytorch_lightning.Trainer``."""
-    kwargs: dict[str, Any] = {
-        "max_epochs": 2,
-        "accelerator": "cpu",
-        "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "log_every_n_steps": 1,
-        "num_sanity_val_steps": 0,
-        "deterministic": True,
-        "default_root_dir": os.getcwd(),
-    }
-    kwargs.update(overrides)
-    return pytorch_lightning.Trainer(logger=logger, **kwargs)
+    return pytorch_lightning.Trainer(logger=logger, **trainer_settings(**overrides))
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:

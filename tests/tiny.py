@@ -120,6 +120,11 @@ def pytorch_lightning_tiny() -> tuple[type[Any], type[Any]]:
 
 def make_trainer(logger: Any, **overrides: Any) -> lightning.Trainer:
     """A fast, quiet, deterministic CPU trainer rooted at the current directory (tmp_path in tests)."""
+    return lightning.Trainer(logger=logger, **trainer_settings(**overrides))
+
+
+def trainer_settings(**overrides: Any) -> dict[str, Any]:
+    """``make_trainer``'s Trainer arguments (for a Trainer of either Lightning namespace)."""
     kwargs: dict[str, Any] = {
         "max_epochs": 2,
         "accelerator": "cpu",
@@ -133,4 +138,4 @@ def make_trainer(logger: Any, **overrides: Any) -> lightning.Trainer:
         "default_root_dir": os.getcwd(),
     }
     kwargs.update(overrides)
-    return lightning.Trainer(logger=logger, **kwargs)
+    return kwargs
