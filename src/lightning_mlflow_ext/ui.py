@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 
-from lightning_mlflow_ext.run.tracking import is_http
+from lightning_mlflow_ext.delivery.endpoint import is_http
 from lightning_mlflow_ext.values.urls import strip_url_credentials
 
 #: Stores ``mlflow ui --backend-store-uri`` opens: a folder or a database (a ``+driver`` suffix allowed).

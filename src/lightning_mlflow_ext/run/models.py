@@ -63,18 +63,16 @@ def save_best_model(
     metrics: dict[str, float],
     registered_model_name: str | None = None,
 ) -> dict[str, Any]:
-    """Save ``module`` (already loaded from the best checkpoint) as an MLflow Model in ``folder`` and return what
-    the ``model`` change that logs it into the run carries (``delivery.logged_models``): the logged model
-    ``best`` of the run's experiment, tagged with its checkpoint, its id in the run's ``best_model_id`` tag, and
-    registered as ``<registered_model_name>@best`` when a name is given."""
-    save_pickled(module, folder, pip_requirements=_requirements())
-    return model_details(
-        change_id=uuid.uuid4().hex,
+    """Save ``module`` (already loaded from the best checkpoint) as the logged model ``best`` of the run's
+    experiment (``save_trained_model``), tagged with its checkpoint, its id in the run's ``best_model_id`` tag,
+    and registered as ``<registered_model_name>@best`` when a name is given."""
+    return save_trained_model(
+        module,
+        folder,
         experiment_id=experiment_id,
         name="best",
         tags={MODEL_CHECKPOINT_TAG: checkpoint_artifact, MODEL_STEP_TAG: str(step)},
         params={key: repr(float(value)) for key, value in metrics.items()},
-        model_type="pytorch",
         run_tag=BEST_MODEL_ID_TAG,
         registered_model_name=registered_model_name,
         alias=BEST_ALIAS if registered_model_name else None,
@@ -89,20 +87,25 @@ def save_trained_model(
     name: str,
     example: tuple[Any, Any] | None = None,
     registered_model_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    run_tag: str | None = None,
+    alias: str | None = None,
 ) -> dict[str, Any]:
-    """Save ``module`` as it is now as an MLflow Model in ``folder``, as ``mlflow.pytorch.autolog()`` logs the
-    trained model: named ``name``, with the signature of ``example`` (a first ``(input, output)`` pair of
-    tensors) when given, registered as a new version of ``registered_model_name`` when given. Returns what the
-    ``model`` change carries (``delivery.logged_models``)."""
+    """Save ``module`` as it is now as an MLflow Model in ``folder`` (as ``mlflow.pytorch.autolog()`` logs the
+    trained model: with the signature of ``example``, a first ``(input, output)`` pair of tensors, when given)
+    and return what the ``model`` change that logs it as ``name`` carries (``delivery.logged_models``)."""
     save_pickled(module, folder, pip_requirements=_requirements(), signature=_signature(example))
     return model_details(
         change_id=uuid.uuid4().hex,
         experiment_id=experiment_id,
         name=name,
-        tags={},
-        params={},
+        tags=tags or {},
+        params=params or {},
         model_type="pytorch",
+        run_tag=run_tag,
         registered_model_name=registered_model_name,
+        alias=alias,
     )
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from lightning_mlflow_ext.delivery.endpoint import Endpoint, is_http
 from lightning_mlflow_ext.delivery.faults import TLS_ADVICE, DeliveryError, Fault, classify_exception, classify_response
 from lightning_mlflow_ext.errors import (
     CredentialsRefusedError,
@@ -49,10 +50,6 @@ def local_store_path(tracking_uri: str) -> str | None:
     return parsed.path if parsed.scheme == "file" else None
 
 
-def is_http(tracking_uri: str) -> bool:
-    return urlparse(tracking_uri).scheme in ("http", "https")
-
-
 def probe_server(tracking_uri: str, wait: float) -> None:
     """Return once an HTTP tracking server answers; raise after ``wait`` seconds of silence.
 
@@ -63,7 +60,6 @@ def probe_server(tracking_uri: str, wait: float) -> None:
     """
     if not is_http(tracking_uri):
         return
-    from lightning_mlflow_ext.delivery.transport import Endpoint  # transport imports this module
 
     endpoint = Endpoint(tracking_uri)
     deadline = time.monotonic() + max(wait, 0.0)

@@ -54,13 +54,6 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
 
 
-def _not_handed(trainer: pl.Trainer, values: dict[str, float]) -> dict[str, float]:
-    """The metrics among ``values`` Lightning does not hand the loggers (``logged_metrics`` holds those of the
-    current step or epoch end before they are handed)."""
-    handed = trainer.logged_metrics
-    return {key: value for key, value in values.items() if key not in handed}
-
-
 def mlflow_params(trainer: pl.Trainer) -> dict[str, str]:
     """``epochs``, ``optimizer_name`` and the first optimizer's defaults, rendered as MLflow renders them."""
     params: dict[str, Any] = {"epochs": trainer.max_epochs}
@@ -199,7 +192,7 @@ class MLflowAutologCompat(Callback):
         values = _scalars(trainer.callback_metrics)
         self._epoch_keys.update(values)
         if (trainer.current_epoch + 1) % self.log_every_n_epoch == 0:
-            extra = logger.mlflow_names.not_handed(_not_handed(trainer, values))
+            extra = logger.mlflow_names.not_handed(values, trainer)
             if extra:
                 logger.mlflow_names.log_epoch_metrics(extra, trainer.current_epoch, trainer)
         if self.checkpoints is not None and not self._mlflow_autolog_on:
@@ -217,7 +210,7 @@ class MLflowAutologCompat(Callback):
             metrics = _scalars(trainer.callback_metrics)
             skip = self._epoch_keys  # as MLflow's autolog: a key recorded at epoch ends is not recorded at steps
             wanted = {k: v for k, v in metrics.items() if k not in skip and f"{k}_step" not in metrics}
-            extra = logger.mlflow_names.not_handed(_not_handed(trainer, wanted))
+            extra = logger.mlflow_names.not_handed(wanted, trainer)
             if extra:
                 logger.mlflow_names.log_step_metrics(extra, step, trainer)
         if self.checkpoints is not None and not self._mlflow_autolog_on:

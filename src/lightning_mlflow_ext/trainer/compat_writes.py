@@ -40,11 +40,12 @@ class CompatWrites:
         self._own.update(metrics)
         self._metrics.log(metrics, trainer.global_step if trainer is not None else epoch, trainer, epoch=epoch)
 
-    def not_handed(self, values: Mapping[str, float]) -> dict[str, float]:
-        """The metrics among ``values`` no caller has handed the logger (a callback such as LearningRateMonitor
-        hands its own straight to the loggers, and Lightning's ``logged_metrics`` does not list them)."""
-        seen, own = self._metrics.keys_seen, self._own
-        return {key: value for key, value in values.items() if key not in seen or key in own}
+    def not_handed(self, values: Mapping[str, float], trainer: pl.Trainer) -> dict[str, float]:
+        """The metrics among ``values`` nobody hands the logger: not in Lightning's ``logged_metrics`` (those of
+        the current step or epoch end, before they are handed), and not a key another caller has handed it
+        (a LearningRateMonitor logs straight to the loggers); keys these writes log themselves stay in."""
+        handed, seen, own = trainer.logged_metrics, self._metrics.keys_seen, self._own
+        return {k: v for k, v in values.items() if k not in handed and (k not in seen or k in own)}
 
     @rank_zero_only
     def log_step_metrics(self, metrics: Mapping[str, Any], step: int, trainer: pl.Trainer | None) -> None:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lightning_mlflow_ext.run.tracking import is_http
+from lightning_mlflow_ext.delivery.endpoint import is_http
 from lightning_mlflow_ext.ui import experiment_link, is_local_store, links_suppressed, run_link, ui_command
 
 if TYPE_CHECKING:
