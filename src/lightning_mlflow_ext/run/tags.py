@@ -18,12 +18,16 @@ __all__ = [
     "CHECKPOINTS_ROOT",
     "CHECKPOINT_FIELDS",
     "CHECKPOINT_TAG_PREFIX",
+    "ENV_FACTS",
+    "ENV_TAG_PREFIX",
+    "ENV_VARIABLE_TAG_PREFIX",
     "EPOCH_AXIS_KEYS_TAG",
     "GIT_TAG_PREFIX",
     "HEARTBEAT_TAG",
     "LINEAGE_CHANGED_TAG",
     "LINEAGE_PROBLEMS_TAG",
     "LINEAGE_TAG",
+    "LOCKFILE_TAG_PREFIX",
     "MAX_TAG_VALUE",
     "MLFLOW_LOGGED_ARTIFACTS",
     "MLFLOW_LOGGED_IMAGES",
@@ -41,6 +45,9 @@ __all__ = [
     "STEP_AXIS_TAG",
     "TAG_PREFIX",
     "checkpoint_tag",
+    "env_tag",
+    "env_variable_tag",
+    "lockfile_tag",
     "parse_checkpoint_tag",
 ]
 
@@ -88,6 +95,65 @@ REGISTERED_MODEL_TAG = TAG_PREFIX + "registered_model"
 #: On a logged model: the checkpoint artifact it was built from, and the global step of that checkpoint.
 MODEL_CHECKPOINT_TAG = TAG_PREFIX + "checkpoint"
 MODEL_STEP_TAG = TAG_PREFIX + "step"
+
+
+# ---- what ran it (run/environment.py, trainer/environment.py) ---------------------------------------
+#: ``lightning_mlflow_ext.env.<fact>``, one of `ENV_FACTS`; a fact that does not exist here (no GPU driver, a
+#: CPU-only torch has no CUDA version) is left out rather than written as "none".
+ENV_TAG_PREFIX = TAG_PREFIX + "env."
+ENV_FACTS = (
+    # software
+    "python",
+    "python_implementation",
+    "torch",
+    "cuda",
+    "cudnn",
+    "lightning",
+    "pytorch_lightning",
+    "mlflow",
+    "lightning_mlflow_ext",
+    # the machine (GPUs: those visible to the process, on global rank 0's node)
+    "nvidia_driver",
+    "gpu_count",
+    "gpu_names",
+    "gpu_memory_mib",
+    "cpu_model",
+    "cpu_count",
+    "cpus_available",
+    "memory_mib",
+    "host",
+    "os",
+    "platform",
+    "container",
+    "container_image",
+    # the Trainer
+    "world_size",
+    "num_nodes",
+    "precision",
+    "strategy",
+    "accelerator",
+)
+#: ``lightning_mlflow_ext.env.var.<NAME>``: the value of an allow-listed environment variable (``SLURM_JOB_ID``).
+ENV_VARIABLE_TAG_PREFIX = ENV_TAG_PREFIX + "var."
+#: ``lightning_mlflow_ext.env.lockfile.<file name>.sha256``: a lock file's hash (``uv.lock``, ``poetry.lock``...).
+LOCKFILE_TAG_PREFIX = ENV_TAG_PREFIX + "lockfile."
+
+
+def env_tag(fact: str) -> str:
+    """The run tag holding ``fact``, one of `ENV_FACTS`."""
+    if fact not in ENV_FACTS:
+        raise KeyError(f"{fact!r} is not one of the environment facts {ENV_FACTS}")
+    return ENV_TAG_PREFIX + fact
+
+
+def env_variable_tag(name: str) -> str:
+    """The run tag holding the value of the environment variable ``name``."""
+    return ENV_VARIABLE_TAG_PREFIX + name
+
+
+def lockfile_tag(filename: str) -> str:
+    """The run tag holding the sha256 of the lock file ``filename``."""
+    return f"{LOCKFILE_TAG_PREFIX}{filename}.sha256"
 
 
 def checkpoint_tag(callback_key: str, field: str) -> str:

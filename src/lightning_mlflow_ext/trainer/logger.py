@@ -26,6 +26,7 @@ from lightning_mlflow_ext.trainer.best_model import BestModelExport
 from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
+from lightning_mlflow_ext.trainer.environment import EnvironmentRecorder
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
@@ -107,6 +108,14 @@ class MLflowLogger(FollowsNamespace, Logger):
             an HTML block in Jupyter, else the line MLflow prints, ``🏃 View run NAME at: URL`` (for a local
             store, with the ``mlflow ui`` command that serves it). Once per run and status. ``False``, or
             MLflow's ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true``, shows none.
+        log_environment: record what ran the run, once, from global rank 0, as ``lightning_mlflow_ext.env.*``
+            tags (Python, torch, CUDA, cuDNN, the NVIDIA driver and GPUs, CPU, memory, host, OS, container,
+            Lightning and MLflow versions, world size, precision, strategy, accelerator, the sha256 of lock files
+            such as ``uv.lock`` or ``requirements.txt``) and the artifact ``environment/packages.txt``. Of the
+            environment variables, only the values of SLURM's job variables and ``CUDA_VISIBLE_DEVICES``
+            (``lightning_mlflow_ext.env.var.<NAME>``), and of the names given here as a list on top of them
+            (``["SLURM_JOB_QOS"]``); a secret-looking name (``MY_API_TOKEN``) raises ValueError. ``False``
+            records none of it.
 
     Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a
     checkpoint being resumed (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
@@ -136,6 +145,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         end_run: bool | None = None,
         redact: RedactPatterns | None = None,
         show_run_link: bool = True,
+        log_environment: bool | Sequence[str] = True,
     ) -> None:
         super().__init__()
 
@@ -172,6 +182,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
         )
+        self._environment = EnvironmentRecorder(self._session, log_environment, self._redactor)
         self._trainer: pl.Trainer | None = None
         self._interrupted = False
         self._driven_by_lightning = False  # a Trainer called log_graph: it runs a stage with this logger
@@ -357,6 +368,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._metrics.expect_last_train_step(None)  # also when the fit failed before on_train_end
         if not self._session.resolved:
             return
+        self._environment.record()
         trainer = self._trainer
         if trainer is None and self._driven_by_lightning:
             self._warn_once("no-bridge", NO_BRIDGE_WARNING)
@@ -396,9 +408,12 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
         mute_mlflow_autolog(trainer, self._warn_once)
         self._run.enter_stage(trainer)
+        if trainer.global_rank == 0:
+            self._environment.start(trainer)
 
     def set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
         self._metrics.set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
+        self._environment.record_when_ready()  # every batch: one check, until it is recorded
 
     def expect_last_train_step(self, step: int | None) -> None:
         self._metrics.expect_last_train_step(step)
