@@ -144,7 +144,7 @@ def gather(variables: Sequence[str], redactor: Redactor) -> Environment:
         lock_file_tags,
     ):
         tags.update(_safely(part))
-    text = "".join(f"{name}=={version}\n" for name, version in sorted(packages.items(), key=lambda kv: _key(kv[0])))
+    text = "".join(f"{name}=={version}\n" for name, version in sorted(packages.items()))
     return Environment({key: truncate_value(value, MAX_TAG_VALUE)[0] for key, value in tags.items()}, text)
 
 
@@ -178,10 +178,17 @@ def installed_packages() -> dict[str, str]:
             continue  # a zip file, a folder that does not exist
         for folder in folders:
             name, _, rest = folder.name.rpartition(".")[0].partition("-")
-            version = rest.split("-")[0] or importlib.metadata.Distribution.at(folder.path).version  # "x.egg-info"
+            version = rest.split("-")[0] or _metadata_version(folder.path)  # "name.egg-info" has none
             if name and version:
                 found.setdefault(_key(name), version)
     return found
+
+
+def _metadata_version(path: str) -> str | None:
+    try:
+        return importlib.metadata.Distribution.at(path).version
+    except Exception:  # a broken install: listed without it rather than failing the list
+        return None
 
 
 def software_tags(packages: dict[str, str]) -> dict[str, str]:
@@ -268,7 +275,7 @@ def gpu_tags() -> dict[str, str]:
     torch = sys.modules.get("torch")
     if torch is None:
         return {}
-    if torch.version.cuda is None:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
         return {env_tag("gpu_count"): "0"}  # a CPU-only torch uses no GPU, whatever the machine has
     if not torch.cuda.is_initialized():
         return {}
