@@ -80,7 +80,7 @@ def test_a_checkpoint_over_max_size_is_not_uploaded_and_the_run_says_why(trackin
     warnings = [r.getMessage() for r in caplog.records if "max_size" in r.getMessage()]
     assert len([w for w in warnings if callback.best_model_path in w]) == 1  # once per file
     assert any(str(size) in w for w in warnings)
-    with pytest.raises(LightningMLflowError, match="was not uploaded: .*max_size"):
+    with pytest.raises(LightningMLflowError, match=r"was not uploaded: .*max_size"):
         load_checkpoint(run_id, tracking_uri=tracking_uri)
 
 

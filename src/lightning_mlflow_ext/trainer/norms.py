@@ -29,14 +29,18 @@ def _l2_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     for index, tensor in enumerate(tensors):
         groups.setdefault((tensor.device, tensor.dtype), []).append(index)
     device = tensors[0].device
-    norms = torch.empty(len(tensors), dtype=torch.float32, device=device)
+    parts: list[torch.Tensor] = []
+    order: list[int] = []
     for (_, dtype), indices in groups.items():
-        members = [tensors[i] for i in indices]
-        # float32 accumulation: a bf16 norm of a large layer is off in its second digit.
+        # float32 accumulation: a bf16 norm of a large layer is off in its third digit.
         wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-        values = torch.stack(torch._foreach_norm(members, 2, dtype=wide))
-        norms[torch.tensor(indices, device=device)] = values.to(device=device, dtype=torch.float32)
-    return norms
+        norms = torch._foreach_norm([tensors[i] for i in indices], 2, dtype=wide)
+        parts.append(torch.stack(norms).to(device=device, dtype=torch.float32))
+        order.extend(indices)
+    if len(parts) == 1:
+        return parts[0]
+    values = torch.cat(parts)
+    return values[torch.tensor(order, device=device).argsort()]  # back in the tensors' order
 
 
 class NormRecorder:
