@@ -16,10 +16,11 @@ from lightning_mlflow_ext import CheckpointUploadPolicy, LightningMLflowError, M
 SKIPPED_TAG = "lightning_mlflow_ext.checkpoints_skipped"
 
 
-@pytest.fixture
-def tracking_uri(tmp_path) -> str:
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
     # The policy is applied on this side of the store; the upload itself is the same as for every checkpoint.
-    return f"sqlite:///{tmp_path}/mlflow.db"
+    # One store for the module (each test has its own run): creating a SQLite store is most of a test's time.
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
 
 
 def listing(client, run_id: str, path: str) -> list[str]:
@@ -48,7 +49,9 @@ def test_weights_only_uploads_a_loadable_copy_and_exclude_leaves_files_out(track
     best = os.path.basename(callback.best_model_path)
 
     assert listing(client, run_id, "checkpoints/val_loss") == [best, best + ".json"]  # no last.ckpt
-    uploaded = torch.load(load_checkpoint(run_id, tracking_uri=tracking_uri), weights_only=False)
+    uploaded = torch.load(
+        load_checkpoint(run_id, tracking_uri=tracking_uri, dst_path=tmp_path / "dl"), weights_only=False
+    )
     assert "optimizer_states" not in uploaded and "loops" not in uploaded and "callbacks" not in uploaded
     assert uploaded["hyper_parameters"]["hidden"] == 6 and uploaded["global_step"] > 0
     local = torch.load(callback.best_model_path, weights_only=False)
@@ -58,7 +61,7 @@ def test_weights_only_uploads_a_loadable_copy_and_exclude_leaves_files_out(track
     assert meta["size"] == os.path.getsize(client.download_artifacts(run_id, f"checkpoints/val_loss/{best}"))
     assert meta["size"] < os.path.getsize(callback.best_model_path)
 
-    model = load_model(TinyModel, run_id, tracking_uri=tracking_uri)
+    model = load_model(TinyModel, run_id, tracking_uri=tracking_uri, dst_path=tmp_path / "dl2")
     assert model.hparams.hidden == 6
     for name, tensor in local["state_dict"].items():
         assert torch.equal(model.state_dict()[name], tensor)
@@ -81,7 +84,7 @@ def test_a_checkpoint_over_max_size_is_not_uploaded_and_the_run_says_why(trackin
     assert len([w for w in warnings if callback.best_model_path in w]) == 1  # once per file
     assert any(str(size) in w for w in warnings)
     with pytest.raises(LightningMLflowError, match=r"was not uploaded: .*max_size"):
-        load_checkpoint(run_id, tracking_uri=tracking_uri)
+        load_checkpoint(run_id, tracking_uri=tracking_uri, dst_path=tmp_path / "dl")
 
 
 def test_local_copies_go_once_stored_but_best_and_last_stay(tracking_uri, client, tmp_path):

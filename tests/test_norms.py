@@ -26,9 +26,11 @@ class NormsByHand(Callback):
         self.at[trainer.global_step] = norms
 
 
-@pytest.fixture
-def tracking_uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path}/mlflow.db"  # computed on this side; the store only receives metrics
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    # Norms are computed on this side; the store only receives metrics. One store for the module (each test has
+    # its own run): creating a SQLite store is most of a test's time.
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
 
 
 def test_grad_and_weight_norms_are_logged_at_the_logging_steps(tracking_uri, client):
