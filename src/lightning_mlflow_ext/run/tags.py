@@ -16,6 +16,7 @@ __all__ = [
     "BEST_MODEL_ID_TAG",
     "CHANGED_PARAMS_TAG",
     "CHECKPOINTS_ROOT",
+    "CHECKPOINTS_SKIPPED_TAG",
     "CHECKPOINT_FIELDS",
     "CHECKPOINT_TAG_PREFIX",
     "ENV_FACTS",
@@ -90,6 +91,8 @@ CHECKPOINT_TAG_PREFIX = TAG_PREFIX + "checkpoint."
 CHECKPOINT_FIELDS = ("best", "best_score", "latest", "monitor")
 #: A failed fit's checkpoints are what was saved, not a full set.
 PARTIAL_TAG = TAG_PREFIX + "checkpoints_partial"
+#: The checkpoints ``log_model_options`` kept out of the run for their size: one ``<artifact path>: <why>`` a line.
+CHECKPOINTS_SKIPPED_TAG = TAG_PREFIX + "checkpoints_skipped"
 BEST_MODEL_ID_TAG = TAG_PREFIX + "best_model_id"
 REGISTERED_MODEL_TAG = TAG_PREFIX + "registered_model"
 #: On a logged model: the checkpoint artifact it was built from, and the global step of that checkpoint.

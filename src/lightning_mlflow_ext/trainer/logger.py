@@ -23,6 +23,7 @@ from lightning_mlflow_ext.run.models import save_trained_model
 from lightning_mlflow_ext.run.session import RunSession
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.trainer.best_model import BestModelExport
+from lightning_mlflow_ext.trainer.checkpoint_policy import CheckpointUploadPolicy
 from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
@@ -31,6 +32,7 @@ from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
 from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, sigterm_exception_types
+from lightning_mlflow_ext.trainer.norms import NormRecorder, NormsOption
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
 from lightning_mlflow_ext.trainer.resume import RunContinuity
 from lightning_mlflow_ext.trainer.run_notice import RunLinks
@@ -84,6 +86,12 @@ class MLflowLogger(FollowsNamespace, Logger):
         log_model: Lightning's modes: ``True`` uploads the checkpoints of every ``ModelCheckpoint`` at the end
             of training (and every one as it is saved when ``save_top_k=-1``), ``"all"`` uploads each as it is
             saved, ``False`` none. Uploads run in the background, under ``checkpoints/<callback key>/``.
+        log_model_options: a budget for those uploads, a ``CheckpointUploadPolicy`` (or a dict of its fields):
+            weights-only copies, a size limit, glob patterns left out, local copies removed once stored.
+        log_norms: ``"grad"``, ``"weights"`` or ``"all"``: L2 norms as the metrics ``grad_norm/total`` and
+            ``weight_norm/total``, at the Trainer's ``log_every_n_steps``, read just before each optimizer step
+            (gradients unscaled under AMP, not yet clipped); global rank 0. ``False``: none.
+        norms_per_layer: with ``log_norms``, each parameter's norm too (``grad_norm/<parameter name>``).
         prefix: put in front of every metric key, joined with ``-``.
         artifact_location: artifact root of a newly created experiment.
         run_id: log into this existing run. An unknown id is an error, never a new run.
@@ -146,11 +154,20 @@ class MLflowLogger(FollowsNamespace, Logger):
         redact: RedactPatterns | None = None,
         show_run_link: bool = True,
         log_environment: bool | Sequence[str] = True,
+        log_model_options: CheckpointUploadPolicy | Mapping[str, Any] | None = None,
+        log_norms: NormsOption | Literal[False] = False,
+        norms_per_layer: bool = False,
     ) -> None:
         super().__init__()
 
         if log_model not in (True, False, "all"):
             raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
+        upload_policy = CheckpointUploadPolicy.of(log_model_options)
+        if upload_policy.changes_uploads and not log_model:
+            raise ValueError(
+                "log_model_options says how checkpoints are uploaded, but log_model=False uploads none: "
+                "set log_model=True or 'all'"
+            )
         self._redactor = Redactor.of(redact)
         uri = resolve_tracking_uri(tracking_uri)
         self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or DEFAULT_SAVE_DIR)
@@ -177,7 +194,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
-        self._checkpoints = CheckpointUploads(self._session, log_model)
+        self._norms = NormRecorder(log_norms, norms_per_layer)
+        self._checkpoints = CheckpointUploads(self._session, log_model, upload_policy, self._warn_once)
         self._compat = CompatWrites(self._session, self._hparams, self._metrics)
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
@@ -429,6 +447,11 @@ class MLflowLogger(FollowsNamespace, Logger):
     @rank_zero_only
     def config_saved(self, filename: str, inputs: Sequence[str]) -> None:
         self._saved_config.take(filename, inputs, lambda: self.log_dir)
+
+    def before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        norms = self._norms.read(trainer, pl_module)
+        if norms:
+            self.log_metrics(norms, step=trainer.global_step)
 
     def note_exception(self, exception: BaseException) -> None:
         self._interrupted = isinstance(exception, (KeyboardInterrupt, *sigterm_exception_types()))
