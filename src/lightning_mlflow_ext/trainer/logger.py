@@ -88,7 +88,9 @@ class MLflowLogger(FollowsNamespace, Logger):
         artifact_location: artifact root of a newly created experiment.
         run_id: log into this existing run. An unknown id is an error, never a new run.
         synchronous: ``True`` sends every write before returning (debugging); default: in the background.
-        parent_run_id: create the run nested under this run.
+        parent_run_id: log into a new run nested under this run (a trial of your own sweep), also when it is the
+            active run or ``MLFLOW_RUN_ID``'s: that run is the parent, never the run logged into, and is left as
+            it was. The new run goes into the parent's experiment unless ``experiment_name`` is given.
         step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
         server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
         log_best_model: at the end of a successful fit, the best checkpoint's model as an MLflow Model of this
@@ -117,8 +119,9 @@ class MLflowLogger(FollowsNamespace, Logger):
             (``["SLURM_JOB_QOS"]``); a secret-looking name (``MY_API_TOKEN``) raises ValueError. ``False``
             records none of it.
 
-    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a
-    checkpoint being resumed (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
+    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` (both skipped
+    for a child run: ``parent_run_id``, a sweep's trial) -> the run a checkpoint being resumed
+    (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
     ends the runs it owns: FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM. A run
     found RUNNING (a ``with mlflow.start_run()`` block, a pipeline step) is left open on success.
     """
