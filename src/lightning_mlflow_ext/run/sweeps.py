@@ -66,6 +66,30 @@ class Sweep:
         return {SWEEP_KIND_TAG: self.kind, SWEEP_NAME_TAG: self.name[:MAX_TAG_VALUE]}
 
 
+def _no_params() -> Mapping[str, Any]:
+    return {}
+
+
+def _nothing_to_note(run_id: str, parent_run_id: str | None) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class SweepTrial:
+    """One trial (an Optuna trial, a Hydra job) of a sweep, as its child run records it.
+
+    ``params`` gives the trial's parameters as they are now (Optuna's grow while the objective suggests them);
+    ``note_run`` tells the sweep tool which runs the trial was recorded in (Optuna keeps them as user attrs).
+    """
+
+    sweep: Sweep
+    number: int
+    run_name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Callable[[], Mapping[str, Any]] = _no_params
+    note_run: Callable[[str, str | None], None] = _nothing_to_note
+
+
 def find_or_create_parent(client: MlflowClient, experiment_id: str, sweep: Sweep, create: Callable[[], Run]) -> Run:
     """The sweep's parent run in ``experiment_id``: the oldest one tagged with its key, else a new one.
 

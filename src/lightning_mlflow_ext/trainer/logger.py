@@ -36,6 +36,7 @@ from lightning_mlflow_ext.trainer.resume import RunContinuity
 from lightning_mlflow_ext.trainer.run_notice import RunLinks
 from lightning_mlflow_ext.trainer.saved_config import SavedConfig
 from lightning_mlflow_ext.trainer.stages import NO_BRIDGE_WARNING, end_stage, final_status, mute_mlflow_autolog
+from lightning_mlflow_ext.trainer.sweep_trial import TrialRecorder, sweep_trial
 from lightning_mlflow_ext.values.axes import StepAxis
 from lightning_mlflow_ext.values.redaction import Redactor, RedactPatterns
 from lightning_mlflow_ext.warn_once import WarnOnce
@@ -106,6 +107,13 @@ class MLflowLogger(FollowsNamespace, Logger):
             on top of the built-in ones (password, token, api_key, ...): words matched as whole segments of
             the key (``"wandb_key"``) or regular expressions (``r"^internal/"``); see ``keys.Redactor``.
             A pattern that cannot work raises ValueError here, before any run is touched.
+        trial: an Optuna trial (the ``optuna.Trial`` your objective gets): the run is ``trial-<number>``, a child
+            of the study's parent run (the active run, else one per study name in the experiment, created by the
+            first trial), with the trial's params. A trial pruned by ``optuna.TrialPruned`` (Optuna's pruning
+            callback) ends FINISHED, tagged ``lightning_mlflow_ext.sweep.trial_state=PRUNED``, not FAILED. Add
+            ``lightning_mlflow_ext.optuna.record_best_trial`` to ``study.optimize(callbacks=...)`` for the
+            best trial on the parent. Inside a Hydra multirun job (``-m``) the same happens with no argument:
+            one parent per sweep, a child per job named after its overrides.
         show_run_link: at the end of each fit (validate, test, predict), show the run's link on global rank 0:
             an HTML block in Jupyter, else the line MLflow prints, ``🏃 View run NAME at: URL`` (for a local
             store, with the ``mlflow ui`` command that serves it). Once per run and status. ``False``, or
@@ -149,6 +157,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         redact: RedactPatterns | None = None,
         show_run_link: bool = True,
         log_environment: bool | Sequence[str] = True,
+        trial: Any = None,
     ) -> None:
         super().__init__()
 
@@ -156,14 +165,15 @@ class MLflowLogger(FollowsNamespace, Logger):
             raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
         self._redactor = Redactor.of(redact)
         uri = resolve_tracking_uri(tracking_uri)
+        trial_info = sweep_trial(trial)  # trial=, else the Hydra multirun job this process runs
         self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or DEFAULT_SAVE_DIR)
         self._session = RunSession(
             uri,
             experiment_name=experiment_name,
-            run_name=run_name,
+            run_name=run_name or (trial_info.run_name if trial_info else None),
             run_id=run_id,
             parent_run_id=parent_run_id,
-            tags=run_tags(tags, self._redactor),
+            tags=dict(trial_info.tags if trial_info else {}) | run_tags(tags, self._redactor),
             artifact_location=artifact_location,
             synchronous=bool(synchronous),
             server_wait=server_wait,
@@ -171,6 +181,7 @@ class MLflowLogger(FollowsNamespace, Logger):
             flush_timeout=flush_timeout,
             may_create=is_global_rank_zero,
             end_run=end_run,
+            sweep=trial_info.sweep if trial_info else None,
         )
         self._log_best_model = log_best_model or registered_model_name is not None
         self._registered_model_name = registered_model_name
@@ -178,6 +189,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
+        self._trial = TrialRecorder(self._session, self._hparams, trial_info)
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
         self._checkpoints = CheckpointUploads(self._session, log_model)
@@ -379,9 +391,10 @@ class MLflowLogger(FollowsNamespace, Logger):
             self._run.fit_ended()
         self._metrics.warn_repeated()
         self._metrics.send_axis_tags()
-        final = final_status(status, self._interrupted)
+        pruned = self._trial.pruned
+        final = self._trial.stage_ended(final_status(status, self._interrupted))
         self._checkpoints.finish(trainer, final)
-        if final == "FINISHED" and self._log_best_model:
+        if final == "FINISHED" and self._log_best_model and not pruned:
             mirror = self._checkpoints.mirror
             export = BestModelExport(
                 self._session, self._warn_once, self._registered_model_name, trainer=trainer, mirror=mirror
@@ -413,6 +426,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._run.enter_stage(trainer)
         if trainer.global_rank == 0:
             self._environment.start(trainer)
+            self._trial.stage_started()
 
     def set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
         self._metrics.set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
@@ -435,6 +449,7 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     def note_exception(self, exception: BaseException) -> None:
         self._interrupted = isinstance(exception, (KeyboardInterrupt, *sigterm_exception_types()))
+        self._trial.note_exception(exception)
 
     # ---- a copy in another process (ddp_spawn) -------------------------------------------------
 
