@@ -21,6 +21,7 @@ from lightning_mlflow_ext.run.tags import (
     SWEEP_BEST_RUN_TAG,
     SWEEP_ID_TAG,
     SWEEP_KIND_TAG,
+    SWEEP_NAME_TAG,
     SWEEP_OVERRIDES_TAG,
     SWEEP_TRIAL_STATE_TAG,
     SWEEP_TRIAL_TAG,
@@ -146,6 +147,7 @@ def test_optuna_study_is_a_parent_run_with_a_child_per_trial_and_the_best_trial(
         assert run.data.params["lr"] == str(trial.params["lr"])
         assert run.data.params["hidden"] == str(trial.params["hidden"])
         assert run.data.tags[SWEEP_TRIAL_TAG] == str(trial.number)
+        assert run.data.tags[SWEEP_NAME_TAG] == "lr-search"
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
     states = [(run.info.status, run.data.tags[SWEEP_TRIAL_STATE_TAG]) for run in trials]
     assert states == [("FINISHED", "COMPLETE"), ("FINISHED", "PRUNED"), ("FINISHED", "COMPLETE")]

@@ -322,6 +322,8 @@ class RunSession:
             self._uploader.flush(self._flush_timeout)
         self.client.set_terminated(fresh, "KILLED")  # in the trash, it must not look like a live run
         self.client.delete_run(fresh)
+        if self._sweep_parent is not None:
+            self._sweep_parent.trial_ended("FINISHED", self._flush_timeout)  # the checkpoint's run has its own
         self._forget_run()
 
     # ---- writes -----------------------------------------------------------------------------

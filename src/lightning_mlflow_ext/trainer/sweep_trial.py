@@ -7,6 +7,7 @@ The sweep's parent run is the session's (``run/sweeps.py``); this part records w
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.hydra import current_job
@@ -36,6 +37,10 @@ def is_pruned(exception: BaseException) -> bool:
     stopped. Optuna is asked only if it is imported (whoever raised it imported it)."""
     optuna = sys.modules.get("optuna")
     return optuna is not None and isinstance(exception, optuna.TrialPruned)
+
+
+def _not_noted(run_id: str, parent_run_id: str | None) -> None:
+    pass
 
 
 class TrialRecorder:
@@ -69,6 +74,14 @@ class TrialRecorder:
             self._record()  # params suggested after the fit started
             self._session.set_tags({SWEEP_TRIAL_STATE_TAG: PRUNED if pruned else TRIAL_STATES[final]})
         return final
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy in another process (ddp_spawn) tags the trial's state, but leaves the trial itself (an Optuna
+        # trial holds its study's storage) to the process that has it.
+        state = self.__dict__.copy()
+        if self._trial is not None:
+            state["_trial"] = replace(self._trial, params=dict, note_run=_not_noted)
+        return state
 
     def _record(self) -> None:
         assert self._trial is not None
