@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import lightning
 import mlflow
@@ -15,6 +16,7 @@ from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger
 from lightning_mlflow_ext.optuna import record_best_trial
+from lightning_mlflow_ext.run.sweeps import Sweep, find_or_create_parent
 from lightning_mlflow_ext.run.tags import (
     OWNER_TAG,
     SWEEP_BEST_PARAM_PREFIX,
@@ -214,3 +216,23 @@ def test_hydra_multirun_is_a_parent_run_with_a_child_per_job(store, experiment_n
     assert [run.data.params["lr"] for run in jobs] == ["0.1", "0.01"]
     assert all(run.info.status == "FINISHED" for run in jobs)
     assert all(run.data.tags[SWEEP_TRIAL_STATE_TAG] == "COMPLETE" for run in jobs)
+
+
+def test_two_jobs_creating_the_sweeps_parent_at_once_agree_on_the_older_one(store, experiment_name):
+    client = MlflowClient(store)
+    experiment_id = client.create_experiment(experiment_name)
+    sweep = Sweep.of("hydra", "multirun/lr")
+    other: list[str] = []
+
+    def create_while_another_job_does() -> mlflow.entities.Run:
+        # The other job searched too, found nothing, and created its parent a moment before this one.
+        other.append(client.create_run(experiment_id, run_name="other", tags=sweep.parent_tags).info.run_id)
+        time.sleep(0.01)
+        return client.create_run(experiment_id, run_name="mine", tags=sweep.parent_tags)
+
+    parent = find_or_create_parent(client, experiment_id, sweep, create_while_another_job_does)
+    assert parent.info.run_id == other[0]
+    again = find_or_create_parent(client, experiment_id, sweep, lambda: pytest.fail("found, not created"))
+    assert again.info.run_id == parent.info.run_id
+    (left,) = client.search_runs([experiment_id])  # the loser deleted its own
+    assert left.info.run_id == other[0]
