@@ -44,6 +44,17 @@ __all__ = [
     "RESUMED_AT_STEP_TAG",
     "RESUMED_FROM_RUN_TAG",
     "STEP_AXIS_TAG",
+    "SWEEP_BEST_PARAM_PREFIX",
+    "SWEEP_BEST_RUN_TAG",
+    "SWEEP_BEST_TRIAL_METRIC",
+    "SWEEP_BEST_TRIAL_TAG",
+    "SWEEP_BEST_VALUE_METRIC",
+    "SWEEP_ID_TAG",
+    "SWEEP_KIND_TAG",
+    "SWEEP_NAME_TAG",
+    "SWEEP_OVERRIDES_TAG",
+    "SWEEP_TRIAL_STATE_TAG",
+    "SWEEP_TRIAL_TAG",
     "TAG_PREFIX",
     "checkpoint_tag",
     "env_tag",
@@ -80,6 +91,27 @@ LINEAGE_CHANGED_TAG = LINEAGE_TAG + ".changed_since_checkpoint"
 RESUMED_AT_STEP_TAG = TAG_PREFIX + "resumed_at_step"
 RESUMED_FROM_RUN_TAG = TAG_PREFIX + "resumed_from_run"
 GIT_TAG_PREFIX = "mlflow.source.git."
+
+# ---- sweeps (Optuna studies, Hydra multiruns): one parent run per sweep, a child run per trial -------------
+SWEEP_TAG_PREFIX = TAG_PREFIX + "sweep."
+#: On the parent: what finds it again (the study's name, a hash of Hydra's sweep dir), unique in its experiment.
+SWEEP_ID_TAG = SWEEP_TAG_PREFIX + "id"
+#: On the parent and every trial: ``optuna`` or ``hydra``; the study's name, or Hydra's sweep dir.
+SWEEP_KIND_TAG = SWEEP_TAG_PREFIX + "kind"
+SWEEP_NAME_TAG = SWEEP_TAG_PREFIX + "name"
+#: On a trial: its number in the sweep (Optuna's ``trial.number``, Hydra's ``job.num``).
+SWEEP_TRIAL_TAG = SWEEP_TAG_PREFIX + "trial"
+#: On a trial: COMPLETE, PRUNED (stopped early by the pruner: the run is FINISHED, not FAILED), FAIL or KILLED.
+SWEEP_TRIAL_STATE_TAG = SWEEP_TAG_PREFIX + "trial_state"
+#: On a Hydra job: its command-line overrides (``lr=0.1,model=big``).
+SWEEP_OVERRIDES_TAG = SWEEP_TAG_PREFIX + "overrides"
+#: On the parent: the best trial so far, its run and its params (``...best_params.<name>``: tags, since a
+#: param cannot change), and as metrics the runs table can sort, its value and number.
+SWEEP_BEST_TRIAL_TAG = SWEEP_TAG_PREFIX + "best_trial"
+SWEEP_BEST_RUN_TAG = SWEEP_TAG_PREFIX + "best_run_id"
+SWEEP_BEST_PARAM_PREFIX = SWEEP_TAG_PREFIX + "best_params."
+SWEEP_BEST_VALUE_METRIC = "best_value"
+SWEEP_BEST_TRIAL_METRIC = "best_trial"
 
 # ---- checkpoints and models -------------------------------------------------------------------------
 #: The artifact folder every mirrored ModelCheckpoint lives under: ``checkpoints/<callback key>/``.

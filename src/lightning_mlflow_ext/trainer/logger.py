@@ -38,6 +38,7 @@ from lightning_mlflow_ext.trainer.resume import RunContinuity
 from lightning_mlflow_ext.trainer.run_notice import RunLinks
 from lightning_mlflow_ext.trainer.saved_config import SavedConfig
 from lightning_mlflow_ext.trainer.stages import NO_BRIDGE_WARNING, end_stage, final_status, mute_mlflow_autolog
+from lightning_mlflow_ext.trainer.sweep_trial import TrialRecorder, sweep_trial
 from lightning_mlflow_ext.values.axes import StepAxis
 from lightning_mlflow_ext.values.redaction import Redactor, RedactPatterns
 from lightning_mlflow_ext.warn_once import WarnOnce
@@ -96,7 +97,9 @@ class MLflowLogger(FollowsNamespace, Logger):
         artifact_location: artifact root of a newly created experiment.
         run_id: log into this existing run. An unknown id is an error, never a new run.
         synchronous: ``True`` sends every write before returning (debugging); default: in the background.
-        parent_run_id: create the run nested under this run.
+        parent_run_id: log into a new run nested under this run (a trial of your own sweep), also when it is the
+            active run or ``MLFLOW_RUN_ID``'s: that run is the parent, never the run logged into, and is left as
+            it was. The new run goes into the parent's experiment unless ``experiment_name`` is given.
         step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
         server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
         log_best_model: at the end of a successful fit, the best checkpoint's model as an MLflow Model of this
@@ -112,6 +115,13 @@ class MLflowLogger(FollowsNamespace, Logger):
             on top of the built-in ones (password, token, api_key, ...): words matched as whole segments of
             the key (``"wandb_key"``) or regular expressions (``r"^internal/"``); see ``keys.Redactor``.
             A pattern that cannot work raises ValueError here, before any run is touched.
+        trial: an Optuna trial (the ``optuna.Trial`` your objective gets): the run is ``trial-<number>``, a child
+            of the study's parent run (the active run, else one per study name in the experiment, created by the
+            first trial), with the trial's params. A trial pruned by ``optuna.TrialPruned`` (Optuna's pruning
+            callback) ends FINISHED, tagged ``lightning_mlflow_ext.sweep.trial_state=PRUNED``, not FAILED. Add
+            ``lightning_mlflow_ext.optuna.record_best_trial`` to ``study.optimize(callbacks=...)`` for the
+            best trial on the parent. Inside a Hydra multirun job (``-m``) the same happens with no argument:
+            one parent per sweep, a child per job named after its overrides.
         show_run_link: at the end of each fit (validate, test, predict), show the run's link on global rank 0:
             an HTML block in Jupyter, else the line MLflow prints, ``🏃 View run NAME at: URL`` (for a local
             store, with the ``mlflow ui`` command that serves it). Once per run and status. ``False``, or
@@ -125,8 +135,9 @@ class MLflowLogger(FollowsNamespace, Logger):
             (``["SLURM_JOB_QOS"]``); a secret-looking name (``MY_API_TOKEN``) raises ValueError. ``False``
             records none of it.
 
-    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a
-    checkpoint being resumed (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
+    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` (both skipped
+    for a child run: ``parent_run_id``, a sweep's trial) -> the run a checkpoint being resumed
+    (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
     ends the runs it owns: FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM. A run
     found RUNNING (a ``with mlflow.start_run()`` block, a pipeline step) is left open on success.
     """
@@ -157,6 +168,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         log_model_options: CheckpointUploadPolicy | Mapping[str, Any] | None = None,
         log_norms: NormsOption | Literal[False] = False,
         norms_per_layer: bool = False,
+        trial: Any = None,
     ) -> None:
         super().__init__()
 
@@ -170,14 +182,15 @@ class MLflowLogger(FollowsNamespace, Logger):
             )
         self._redactor = Redactor.of(redact)
         uri = resolve_tracking_uri(tracking_uri)
+        trial_info = sweep_trial(trial)  # trial=, else the Hydra multirun job this process runs
         self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or DEFAULT_SAVE_DIR)
         self._session = RunSession(
             uri,
             experiment_name=experiment_name,
-            run_name=run_name,
+            run_name=run_name or (trial_info.run_name if trial_info else None),
             run_id=run_id,
             parent_run_id=parent_run_id,
-            tags=run_tags(tags, self._redactor),
+            tags=dict(trial_info.tags if trial_info else {}) | run_tags(tags, self._redactor),
             artifact_location=artifact_location,
             synchronous=bool(synchronous),
             server_wait=server_wait,
@@ -185,6 +198,7 @@ class MLflowLogger(FollowsNamespace, Logger):
             flush_timeout=flush_timeout,
             may_create=is_global_rank_zero,
             end_run=end_run,
+            sweep=trial_info.sweep if trial_info else None,
         )
         self._log_best_model = log_best_model or registered_model_name is not None
         self._registered_model_name = registered_model_name
@@ -192,6 +206,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
+        self._trial = TrialRecorder(self._session, self._hparams, trial_info)
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
         self._norms = NormRecorder(log_norms, norms_per_layer)
@@ -394,9 +409,10 @@ class MLflowLogger(FollowsNamespace, Logger):
             self._run.fit_ended()
         self._metrics.warn_repeated()
         self._metrics.send_axis_tags()
-        final = final_status(status, self._interrupted)
+        pruned = self._trial.pruned
+        final = self._trial.stage_ended(final_status(status, self._interrupted))
         self._checkpoints.finish(trainer, final)
-        if final == "FINISHED" and self._log_best_model:
+        if final == "FINISHED" and self._log_best_model and not pruned:
             mirror = self._checkpoints.mirror
             export = BestModelExport(
                 self._session, self._warn_once, self._registered_model_name, trainer=trainer, mirror=mirror
@@ -428,6 +444,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._run.enter_stage(trainer)
         if trainer.global_rank == 0:
             self._environment.start(trainer)
+            self._trial.stage_started()
 
     def set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
         self._metrics.set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
@@ -455,6 +472,7 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     def note_exception(self, exception: BaseException) -> None:
         self._interrupted = isinstance(exception, (KeyboardInterrupt, *sigterm_exception_types()))
+        self._trial.note_exception(exception)
 
     # ---- a copy in another process (ddp_spawn) -------------------------------------------------
 
