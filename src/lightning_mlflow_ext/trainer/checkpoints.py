@@ -20,6 +20,8 @@ from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from lightning_mlflow_ext.trainer.checkpoint_models import CheckpointModels
+
 
 def callback_key(callback: ModelCheckpoint) -> str:
     """A stable, readable key per callback: what it monitors, else how often it saves."""
@@ -80,9 +82,10 @@ class MirroredFile:
 class CheckpointMirror:
     """What of each callback's files is in the run, and the jobs that keep it in step."""
 
-    def __init__(self, uploader: ArtifactUploader, set_tags: Any) -> None:
+    def __init__(self, uploader: ArtifactUploader, set_tags: Any, models: CheckpointModels | None = None) -> None:
         self._uploader = uploader
         self._set_tags = set_tags
+        self._models = models  # each file a logged model too (MLflow 3)
         self._keys: dict[str, str] = {}  # callback identity -> key
         self._files: dict[str, MirroredFile] = {}  # local path -> what is in the run
 
@@ -131,6 +134,10 @@ class CheckpointMirror:
             self._files[path] = MirroredFile(f"{artifact_dir}/{os.path.basename(path)}", current, metadata)
             staged = snapshot(path, self._uploader.staging, link=True)
             self._uploader.upload_with_metadata(staged, artifact_dir, metadata)
+            if self._models is not None:
+                own = snapshot(path, self._uploader.staging, link=True)
+                last = path == callback.last_model_path
+                self._models.mirrored(path, own, f"{artifact_dir}/{os.path.basename(path)}", metadata, last=last)
         folder = f"{CHECKPOINTS_ROOT}/{key}/"
         for path in [p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(folder)]:
             if os.path.exists(path):
@@ -148,6 +155,8 @@ class CheckpointMirror:
 
         self._uploader.delete(mirrored.artifact_path, on_unsupported=mark_stale)
         self._uploader.delete(mirrored.artifact_path + ".json", on_unsupported=lambda: None)
+        if self._models is not None:
+            self._models.forget(path, mirrored.metadata)
 
     def _tag(self, callback: ModelCheckpoint, key: str) -> None:
         tags: dict[str, str] = {}

@@ -168,6 +168,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
         self._checkpoints = CheckpointUploads(self._session, log_model)
+        if self._checkpoints.models is not None:
+            self._metrics.on_points = self._checkpoints.models.note_points
         self._compat = CompatWrites(self._session, self._hparams, self._metrics)
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
