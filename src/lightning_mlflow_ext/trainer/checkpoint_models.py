@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.delivery.logged_models import LinkedPoint, model_details
 from lightning_mlflow_ext.delivery.records import MetricPoint
-from lightning_mlflow_ext.values.axes import EPOCH_KEY
 from lightning_mlflow_ext.run.tags import (
     MODEL_CALLBACK_TAG,
     MODEL_CHECKPOINT_TAG,
@@ -25,6 +24,7 @@ from lightning_mlflow_ext.run.tags import (
     MODEL_SCORE_TAG,
     MODEL_STEP_TAG,
 )
+from lightning_mlflow_ext.values.axes import EPOCH_KEY
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
