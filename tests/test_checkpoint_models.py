@@ -33,9 +33,7 @@ def test_each_checkpoint_is_a_ready_logged_model_with_its_metrics_ranked_by_val_
 ):
     logger, checkpoint = _fit_with_datasets(tracking_uri, experiment_name, tmp_path, epochs=3, log_model="all")
     run = client.get_run(logger.run_id)
-    val_input = next(
-        i.dataset for i in run.inputs.dataset_inputs if any(t.value == "val" for t in i.tags)
-    )
+    val_input = next(i.dataset for i in run.inputs.dataset_inputs if any(t.value == "val" for t in i.tags))
 
     ranked = client.search_logged_models(
         [run.info.experiment_id], order_by=[{"field_name": "metrics.val_loss", "ascending": True}]
@@ -58,7 +56,7 @@ def test_each_checkpoint_is_a_ready_logged_model_with_its_metrics_ranked_by_val_
 
     best = load_model(TinyModel, f"models:/{ranked[0].model_id}", tracking_uri=tracking_uri)
     local = TinyModel.load_from_checkpoint(checkpoint.best_model_path)
-    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), local.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), local.state_dict().values(), strict=True))
 
 
 def test_a_store_without_logged_models_keeps_plain_artifacts_and_says_so_once(

@@ -24,14 +24,14 @@ if TYPE_CHECKING:
 class CheckpointUploads:
     """The ``log_model`` policy of one logger, and the mirror it keeps (made at the first upload)."""
 
-    def __init__(self, session: RunSession, log_model: bool | Literal["all"]) -> None:
+    def __init__(self, session: RunSession, log_model: bool | Literal["all"], *, as_models: bool = True) -> None:
         self._session = session
         self._log_model = log_model
         self._mirror: CheckpointMirror | None = None
         self._dataset_digests: dict[str, str] = {}  # split -> digest, recorded in each checkpoint's metadata
         self._saves = SaveLog()  # the epoch and step of each file, noted when it is saved
         #: Each uploaded checkpoint a logged model, with its epoch's metrics linked (None without uploads).
-        self.models = CheckpointModels(session) if log_model else None
+        self.models = CheckpointModels(session) if log_model and as_models else None
 
     @property
     def mirror(self) -> CheckpointMirror | None:

@@ -83,6 +83,11 @@ class MLflowLogger(FollowsNamespace, Logger):
         log_model: Lightning's modes: ``True`` uploads the checkpoints of every ``ModelCheckpoint`` at the end
             of training (and every one as it is saved when ``save_top_k=-1``), ``"all"`` uploads each as it is
             saved, ``False`` none. Uploads run in the background, under ``checkpoints/<callback key>/``.
+        log_checkpoint_models: each uploaded checkpoint is also a logged model of the run (MLflow 3), with the
+            metrics of its epoch linked to it (each on its split's dataset input), so the run's Logged models
+            tab lists checkpoints with their scores and ``search_logged_models(order_by=metrics.val_loss)``
+            ranks them; a pruned checkpoint's model is deleted. The checkpoint is stored twice (run and model):
+            ``False`` keeps it a plain artifact only. An MLflow 2.x server gets plain artifacts, with one warning.
         prefix: put in front of every metric key, joined with ``-``.
         artifact_location: artifact root of a newly created experiment.
         run_id: log into this existing run. An unknown id is an error, never a new run.
@@ -136,6 +141,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         end_run: bool | None = None,
         redact: RedactPatterns | None = None,
         show_run_link: bool = True,
+        log_checkpoint_models: bool = True,
     ) -> None:
         super().__init__()
 
@@ -167,7 +173,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
-        self._checkpoints = CheckpointUploads(self._session, log_model)
+        self._checkpoints = CheckpointUploads(self._session, log_model, as_models=log_checkpoint_models)
         if self._checkpoints.models is not None:
             self._metrics.on_points = self._checkpoints.models.note_points
         self._compat = CompatWrites(self._session, self._hparams, self._metrics)
