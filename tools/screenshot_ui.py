@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the test-suite's server, tiny model a
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(REPO / "docs" / "logged_models.png"))
+    parser.add_argument("--size", default="3600,500", help="window width,height")
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
@@ -32,6 +33,7 @@ def main() -> None:
 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lineage_repos import git_repo
+    from mlflow import MlflowClient
     from mlflow_server import MlflowServer, _free_port
     from tiny import TinyData, TinyModel, make_trainer
 
@@ -49,14 +51,23 @@ def main() -> None:
             checkpoint = ModelCheckpoint(dirpath=root / "ckpt", monitor="val_loss", save_top_k=2)
             trainer = make_trainer(logger, max_epochs=4, enable_checkpointing=True, callbacks=[datasets, checkpoint])
             trainer.fit(TinyModel(), TinyData())
-            url = f"{server.uri}/#/experiments/{logger.experiment_id}/models"
+            # The UI's "Model training" view of the experiment (MLflow 3 opens a new experiment as GenAI).
+            client = MlflowClient(server.uri)
+            client.set_experiment_tag(logger.experiment_id, "mlflow.experimentKind", "custom_model_development")
+            url = f"{server.uri}/#/experiments/{logger.experiment_id}/models?workflowType=machine_learning"
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 f"--screenshot={os.path.abspath(args.out)}", "--window-size=1400,900",
+                 f"--screenshot={os.path.abspath(args.out)}", f"--window-size={args.size}",
                  "--virtual-time-budget=15000", url],
                 check=True, capture_output=True, timeout=120,
             )  # fmt: skip
+            # MLflow's assistant panel opens by itself on a first visit: cut it off, the table is what matters.
+            from PIL import Image
+
+            with Image.open(args.out) as shot:
+                table = shot.crop((0, 0, shot.width - 700, 330))
+            table.save(args.out)
             print(f"{url} -> {args.out}")
         finally:
             server.stop()
