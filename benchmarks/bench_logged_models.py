@@ -93,11 +93,13 @@ def run(args: argparse.Namespace) -> None:
             enable_model_summary=False,
             num_sanity_val_steps=0,
         )
-        before = collections.Counter({endpoint(p): n for p, n in proxy.requests_by_path().items()})
+        before: collections.Counter[str] = collections.Counter()
+        for path, n in proxy.requests_by_path.items():
+            before[endpoint(path)] += n
         trainer.fit(Big(), data)
         end = time.perf_counter()
         after: collections.Counter[str] = collections.Counter()
-        for path, n in proxy.requests_by_path().items():
+        for path, n in proxy.requests_by_path.items():
             after[endpoint(path)] += n
         if models:
             found = MlflowClient(uri).search_logged_models(
