@@ -90,6 +90,8 @@ def models_of(client: MlflowClient, run: Run) -> list[dict[str, object]]:
             "params": model.params,
             "tags": {k: v for k, v in model.tags.items() if k not in (CHANGE_ID_TAG, "mlflow.modelVersions")},
             "files": sorted(item.path for item in client.list_logged_model_artifacts(model.model_id)),
+            # A checkpoint's model: the points of its epoch linked to it, each with its split's dataset.
+            "metrics": sorted((m.key, m.step, m.dataset_name or "") for m in model.metrics),
             "in the run's tag": run.data.tags.get(BEST_MODEL_ID_TAG) == model.model_id,
             "versions": [
                 (str(v.version), sorted(client.get_model_version(v.name, v.version).aliases))

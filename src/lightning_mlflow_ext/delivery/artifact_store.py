@@ -23,7 +23,12 @@ from mlflow.utils.mime_type_utils import _guess_mime_type
 
 from lightning_mlflow_ext.delivery.endpoint import Endpoint
 from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault, classify_response
-from lightning_mlflow_ext.delivery.logged_models import log_staged_model
+from lightning_mlflow_ext.delivery.logged_models import (
+    delete_logged_model,
+    lacks_logged_models,
+    log_staged_model,
+    without_logged_models,
+)
 from lightning_mlflow_ext.delivery.records import ArtifactOp
 
 #: Seconds a single send or receive of an upload may stall before it counts as failed.
@@ -82,9 +87,8 @@ class RunArtifacts:
                 with contextlib.suppress(NotImplementedError, AttributeError):
                     self.delete(op.path)
             return
-        if op.kind == "model":
-            log_staged_model(self._client, self._run_id, Path(op.path), op.details or {})
-            remove_staged(Path(op.path))
+        if op.kind in ("model", "delete_model"):
+            self._apply_model_change(op)
             return
         local = Path(op.path)
         if not local.is_file():
@@ -99,6 +103,23 @@ class RunArtifacts:
                 remove_staged(local)
             raise
         remove_staged(local)
+
+    def _apply_model_change(self, op: ArtifactOp) -> None:
+        """Log or delete a logged model; on a store without logged models (said once), drop the change: the
+        checkpoint is in the run's artifacts anyway."""
+        details = op.details or {}
+        try:
+            if without_logged_models(str(self._client.tracking_uri)):
+                pass
+            elif op.kind == "delete_model":
+                delete_logged_model(self._client, str(details["experiment_id"]), op.path)
+            else:
+                log_staged_model(self._client, self._run_id, Path(op.path), details)
+        except Exception as exc:
+            if not lacks_logged_models(self._client, exc):
+                raise
+        if op.kind == "model":
+            remove_staged(Path(op.path))
 
     def abort(self) -> None:
         """Cut off an upload in flight on another thread (the run is ending)."""

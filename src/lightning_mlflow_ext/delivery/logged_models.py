@@ -1,8 +1,10 @@
-"""Logging a staged MLflow Model into a run as a logged model, optionally registered under an alias: the
-``model`` artifact change, made exactly once however often it is replayed.
+"""Logging a staged folder into a run as a logged model (an MLflow Model, optionally registered under an alias,
+or a checkpoint with the metrics of its step linked to it): the ``model`` artifact change, made exactly once
+however often it is replayed; and the ``delete_model`` change that removes one (a pruned checkpoint's).
 
 A replay after a partial success (the model created, its files not all stored; the version created, the alias
 not set) finds what was done by the change's own id, a tag on the logged model, and does only the rest.
+A store without the logged-model API (an MLflow 2.x server) is said once; its model changes are then skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.entities.logged_model import LoggedModel
 from mlflow.entities.logged_model_status import LoggedModelStatus
 from mlflow.exceptions import MlflowException
@@ -27,6 +29,17 @@ log = logging.getLogger(__name__)
 #: On every logged model this package makes: the id of the change that made it (finds it again on a replay).
 CHANGE_ID_TAG = "lightning_mlflow_ext.change_id"
 
+#: A linked metric point: (key, value, timestamp in ms, step, dataset name or None, dataset digest or None).
+LinkedPoint = tuple[str, float, int, int, "str | None", "str | None"]
+
+#: Stores (by tracking URI) that answered that they have no logged-model API: said once, then skipped.
+_WITHOUT_LOGGED_MODELS: set[str] = set()
+NO_LOGGED_MODELS_WARNING = (
+    "The MLflow tracking store at %s has no logged-model API (an MLflow 2.x server?): checkpoints stay plain "
+    "artifacts of the run (checkpoints/<callback>/), and no logged models are made. Upgrade the server to "
+    "MLflow 3 to see checkpoints with their scores as the run's logged models."
+)
+
 
 def model_details(
     *,
@@ -39,8 +52,13 @@ def model_details(
     run_tag: str | None = None,
     registered_model_name: str | None = None,
     alias: str | None = None,
+    step: int = 0,
+    metrics: list[LinkedPoint] | None = None,
+    checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """What a ``model`` change carries. ``run_tag``: a run tag to set to the new model's id."""
+    """What a ``model`` change carries. ``run_tag``: a run tag to set to the new model's id. ``step``: the step
+    the run's output link names. ``metrics``: points of the run linked to the model (with their own timestamps,
+    so that the run keeps one point each). ``checkpoint``: the folder holds a checkpoint, not an MLflow Model."""
     return {
         "change_id": change_id,
         "experiment_id": experiment_id,
@@ -51,14 +69,45 @@ def model_details(
         "run_tag": run_tag,
         "registered_model_name": registered_model_name,
         "alias": alias,
+        "step": step,
+        "metrics": [list(point) for point in metrics or []],
+        "checkpoint": checkpoint,
     }
 
 
+def without_logged_models(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri``'s store already said it has no logged-model API (this process skips them)."""
+    return tracking_uri in _WITHOUT_LOGGED_MODELS
+
+
+def lacks_logged_models(client: MlflowClient, exc: BaseException) -> bool:
+    """Whether ``exc`` says the store has no logged-model API; if so, say it once (the first time) per store."""
+    missing = isinstance(exc, NotImplementedError) or (
+        isinstance(exc, MlflowException) and exc.error_code == "ENDPOINT_NOT_FOUND"
+    )
+    uri = str(client.tracking_uri)
+    if missing and uri not in _WITHOUT_LOGGED_MODELS:
+        _WITHOUT_LOGGED_MODELS.add(uri)
+        log.warning(NO_LOGGED_MODELS_WARNING, uri)
+    return missing
+
+
 def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: Mapping[str, Any]) -> LoggedModel:
-    """Make the logged model of ``folder`` (an MLflow Model saved on disk) in the run, register it, return it."""
-    if not (folder / "MLmodel").is_file():
+    """Make the logged model of ``folder`` (an MLflow Model saved on disk, or a checkpoint and its metadata) in
+    the run, register it, return it.
+
+    In this order, so that every step a replay repeats is harmless: the model (PENDING) found by its change id
+    or created; the metrics linked to it; the model among the run's outputs; its files stored; READY.
+    """
+    if details.get("checkpoint"):
+        complete = folder.is_dir() and any(folder.iterdir())
+    else:
+        complete = (folder / "MLmodel").is_file()
+    if not complete:
         raise DeliveryError(f"the staged model {folder} is gone (stored already, or removed)", Fault.ONE_RECORD)
     model = _find_or_create(client, run_id, details)
+    _link_metrics(client, run_id, model.model_id, details.get("metrics") or [])
+    _link_to_run(client, run_id, model.model_id, int(details.get("step") or 0))
     if model.status != LoggedModelStatus.READY:
         try:
             _store_files(client, model, folder)
@@ -66,7 +115,6 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
             _mark_failed_quietly(client, model.model_id)
             raise
         model = client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    _link_to_run(client, run_id, model.model_id)
     if details.get("run_tag"):
         client.set_tag(run_id, str(details["run_tag"]), model.model_id)
     name = details.get("registered_model_name")
@@ -108,12 +156,31 @@ def _find_or_create(client: MlflowClient, run_id: str, details: Mapping[str, Any
     )
 
 
-def _link_to_run(client: MlflowClient, run_id: str, model_id: str) -> None:
+def delete_logged_model(client: MlflowClient, experiment_id: str, change_id: str) -> None:
+    """Remove the logged model the ``model`` change ``change_id`` made (a pruned checkpoint's); nothing if it
+    was never made or is removed already."""
+    found = find_logged_model(client, experiment_id, change_id)
+    if found is not None:
+        client.delete_logged_model(found.model_id)
+
+
+def _link_metrics(client: MlflowClient, run_id: str, model_id: str, points: list[Any]) -> None:
+    """The run's points of the model's step, sent again with the model's id (and their dataset): MLflow links
+    them to the model, and keeps one point each in the run (same key, value, step and timestamp)."""
+    if points:
+        metrics = [
+            Metric(str(k), float(v), int(ts), int(step), model_id=model_id, dataset_name=name, dataset_digest=digest)
+            for k, v, ts, step, name, digest in points
+        ]
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def _link_to_run(client: MlflowClient, run_id: str, model_id: str, step: int) -> None:
     """The model among the run's outputs (``run.outputs.model_outputs``), as ``mlflow.<flavor>.log_model`` links
     it; looked up first, since MLflow stores every call as one more link."""
     outputs = client.get_run(run_id).outputs
     if not any(output.model_id == model_id for output in (outputs.model_outputs if outputs else [])):
-        client.log_outputs(run_id, [LoggedModelOutput(model_id=model_id, step=0)])
+        client.log_outputs(run_id, [LoggedModelOutput(model_id=model_id, step=step)])
 
 
 def _register(client: MlflowClient, run_id: str, model: LoggedModel, name: str, alias: object) -> None:

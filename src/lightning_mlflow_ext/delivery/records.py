@@ -25,9 +25,10 @@ class ArtifactOp:
     """One change to a run's artifacts: store a staged file (``put``: ``path`` is the staged local file, kept
     under ``save_dir`` until the store has it), remove an artifact (``delete``: ``path`` is the artifact path), or
     log a model (``model``: ``path`` is the staged model folder, ``details`` what the logged model and its
-    registration carry; see ``delivery.logged_models``)."""
+    registration carry; see ``delivery.logged_models``), or remove one (``delete_model``: ``path`` is the change
+    id of the ``model`` change that made it, ``details`` its ``experiment_id`` and ``name``)."""
 
-    kind: Literal["put", "delete", "model"]
+    kind: Literal["put", "delete", "model", "delete_model"]
     path: str
     artifact_dir: str | None = None
     details: Mapping[str, Any] | None = None
@@ -39,7 +40,7 @@ class ArtifactOp:
     @classmethod
     def from_json(cls, data: Any) -> ArtifactOp:
         kind, path, artifact_dir, *rest = data
-        if kind not in ("put", "delete", "model") or len(rest) > 1:
+        if kind not in ("put", "delete", "model", "delete_model") or len(rest) > 1:
             raise ValueError(f"not an artifact change: {data!r}")
         details = rest[0] if rest else None
         if details is not None and not isinstance(details, dict):
@@ -51,6 +52,8 @@ class ArtifactOp:
             return f"delete {self.path}"
         if self.kind == "model":
             return f"log model {(self.details or {}).get('name', '?')}"
+        if self.kind == "delete_model":
+            return f"delete logged model {(self.details or {}).get('name', '?')}"
         return f"upload {self.artifact_dir or '.'}/{os.path.basename(self.path)}"
 
 

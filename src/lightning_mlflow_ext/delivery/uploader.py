@@ -262,6 +262,49 @@ class ArtifactUploader:
         op = ArtifactOp("model", str(folder), None, dict(details))
         self.submit(op.describe(), lambda: [op])
 
+    def log_checkpoint_model(
+        self,
+        local: Path,
+        artifact_path: str,
+        metadata: Mapping[str, Any],
+        details: Mapping[str, Any],
+        *,
+        rewrite: Callable[[Path], Path] | None = None,
+        skip: Callable[[Path], str | None] | None = None,
+    ) -> None:
+        """Make a logged model whose artifacts are the checkpoint snapshot ``local`` and its metadata JSON (with
+        the file's sha256, the one its upload to ``artifact_path`` hashed when queued before this), as
+        ``details`` describes it (``delivery.logged_models.model_details``, ``checkpoint=True``).
+        ``rewrite`` and ``skip`` as for ``upload_with_metadata``: a file the run does not get makes no model."""
+        metadata = dict(metadata)
+        details = dict(details)
+
+        def prepare() -> list[ArtifactOp]:
+            upload = local
+            if rewrite is not None:
+                upload = rewrite(local)
+                if upload != local:
+                    remove_staged(local)
+            if skip is not None and skip(upload) is not None:
+                remove_staged(upload)
+                return []
+            folder = self._staged("checkpoint")
+            folder.mkdir()
+            target = folder / local.name
+            os.replace(upload, target)
+            with self._cond:
+                digest = self._uploaded.get(artifact_path)
+            metadata["sha256"] = digest or sha256_of(target)
+            (folder / (local.name + ".json")).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+            return [ArtifactOp("model", str(folder), None, details)]
+
+        self.submit(f"log model {details.get('name', '?')}", prepare)
+
+    def delete_model(self, change_id: str, experiment_id: str, name: str) -> None:
+        """Remove the logged model the ``model`` change ``change_id`` made (queued after it, so made after it)."""
+        op = ArtifactOp("delete_model", change_id, None, {"experiment_id": experiment_id, "name": name})
+        self.submit(op.describe(), lambda: [op])
+
     def _staged(self, artifact_file: str) -> Path:
         """A fresh file in a folder of its own under staging, named like ``artifact_file``."""
         staged = self.staging / uuid.uuid4().hex / posixpath.basename(artifact_file)

@@ -3,7 +3,8 @@ folder this package owns, so that loading leaves no temporary folder behind.
 
 The cache folder is ``LIGHTNING_MLFLOW_CACHE_DIR`` when set, else ``lightning-mlflow-ext`` in the user's
 cache folder (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%``
-on Windows). An artifact lands at ``<cache>/runs/<run id>/<artifact path>``; downloading it again replaces
+on Windows). An artifact lands at ``<cache>/runs/<run id>/<artifact path>`` (a logged model's file at
+``<cache>/models/<model id>/<file>``); downloading it again replaces
 it (a checkpoint such as ``last.ckpt`` can change while its run goes on). Delete the folder to reclaim space.
 """
 
@@ -14,13 +15,14 @@ import posixpath
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from lightning_mlflow_ext.errors import InvalidArtifactPathError
 
-__all__ = ["CACHE_DIR_ENV", "cache_dir", "download_to_cache"]
+__all__ = ["CACHE_DIR_ENV", "cache_dir", "download_model_file_to_cache", "download_to_cache"]
 
 #: Overrides where downloads without ``dst_path`` go (e.g. a scratch disk on a cluster).
 CACHE_DIR_ENV = "LIGHTNING_MLFLOW_CACHE_DIR"
@@ -59,11 +61,23 @@ def download_to_cache(client: MlflowClient, run_id: str, artifact_path: str) -> 
     path nor a stray folder.
     """
     relative = _checked(artifact_path)
-    folder = cache_dir() / "runs" / run_id
+    return _into_cache(
+        cache_dir() / "runs" / run_id, relative, lambda tmp: client.download_artifacts(run_id, relative, tmp)
+    )
+
+
+def download_model_file_to_cache(download: Callable[[str, str], str], model_id: str, file: str) -> str:
+    """Download ``file`` of the logged model ``model_id`` with ``download(file, folder)`` (its artifact
+    repository's ``download_artifacts``) to ``<cache>/models/<model id>/<file>``; return that path."""
+    relative = _checked(file)
+    return _into_cache(cache_dir() / "models" / model_id, relative, lambda tmp: download(relative, tmp))
+
+
+def _into_cache(folder: Path, relative: str, download: Callable[[str], str]) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / relative
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
-        local = Path(client.download_artifacts(run_id, relative, tmp))
+        local = Path(download(tmp))
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)

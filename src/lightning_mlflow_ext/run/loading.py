@@ -15,6 +15,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from lightning_mlflow_ext.errors import LightningMLflowError, RunNotFoundError
 from lightning_mlflow_ext.run.downloads import download_to_cache
+from lightning_mlflow_ext.run.model_checkpoints import load_model_checkpoint, model_id_of
 from lightning_mlflow_ext.run.tags import (
     CHECKPOINT_TAG_PREFIX,
     CHECKPOINTS_ROOT,
@@ -133,12 +134,15 @@ def load_checkpoint(
     tracking_uri: str | None = None,
     dst_path: str | os.PathLike[str] | None = None,
 ) -> str:
-    """Download a checkpoint of ``run`` (a run id or ``runs:/<id>``) and return its local path.
+    """Download a checkpoint of ``run`` (a run id or ``runs:/<id>``, or a checkpoint's logged model: its id or
+    ``models:/<id>``) and return its local path.
 
     ``which`` is ``"best"`` (the best checkpoint of the monitored ``ModelCheckpoint``; ``callback=`` picks one
     when several monitor), ``"latest"``, or an artifact path such as ``"checkpoints/val_loss/epoch=3.ckpt"``.
     The run is looked up in ``tracking_uri``, else MLflow's tracking URI (``MLFLOW_TRACKING_URI``); a run that
-    is not there raises `RunNotFoundError` naming the store searched.
+    is not there raises `RunNotFoundError` naming the store searched. A logged model gives the checkpoint it
+    holds (``which`` may name another of its files), or, for the best model, the checkpoint of its run it was
+    built from.
 
     The file goes into ``dst_path`` when given; else into this package's cache folder, at
     ``<cache>/runs/<run id>/<artifact path>`` (``LIGHTNING_MLFLOW_CACHE_DIR``, else ``~/.cache/lightning-mlflow-ext``
@@ -147,6 +151,10 @@ def load_checkpoint(
     """
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
+    model_id = model_id_of(run)
+    if model_id is not None:
+        with refusals_explained(uri):
+            return load_model_checkpoint(client, model_id, which, None if dst_path is None else str(dst_path))
     run_id = _run_id_of(run)
     artifact = checkpoint_artifact_of(_get_run(client, run_id, tracking_uri, uri), which, callback)
     if dst_path is None:

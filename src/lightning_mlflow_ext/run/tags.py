@@ -34,7 +34,11 @@ __all__ = [
     "MLFLOW_LOGGED_IMAGES",
     "MLFLOW_PARENT_RUN_ID",
     "MLFLOW_RUN_NAME",
+    "MODEL_CALLBACK_TAG",
     "MODEL_CHECKPOINT_TAG",
+    "MODEL_EPOCH_TAG",
+    "MODEL_MONITOR_TAG",
+    "MODEL_SCORE_TAG",
     "MODEL_STEP_TAG",
     "OWNER",
     "OWNER_TAG",
@@ -130,6 +134,12 @@ REGISTERED_MODEL_TAG = TAG_PREFIX + "registered_model"
 #: On a logged model: the checkpoint artifact it was built from, and the global step of that checkpoint.
 MODEL_CHECKPOINT_TAG = TAG_PREFIX + "checkpoint"
 MODEL_STEP_TAG = TAG_PREFIX + "step"
+#: On a checkpoint's logged model: the epoch it was saved at, the ModelCheckpoint it came from (its key under
+#: ``checkpoints/``), what that callback monitors and the checkpoint's score.
+MODEL_EPOCH_TAG = TAG_PREFIX + "epoch"
+MODEL_CALLBACK_TAG = TAG_PREFIX + "callback"
+MODEL_MONITOR_TAG = TAG_PREFIX + "monitor"
+MODEL_SCORE_TAG = TAG_PREFIX + "score"
 
 
 # ---- what ran it (run/environment.py, trainer/environment.py) ---------------------------------------

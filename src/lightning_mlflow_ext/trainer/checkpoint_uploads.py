@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_mlflow_ext.run.tags import PARTIAL_TAG
 from lightning_mlflow_ext.trainer.checkpoint_budget import CheckpointBudget
+from lightning_mlflow_ext.trainer.checkpoint_models import CheckpointModels
 from lightning_mlflow_ext.trainer.checkpoint_policy import CheckpointUploadPolicy
 from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror, SaveLog
 from lightning_mlflow_ext.trainer.namespaces import model_checkpoint_types
@@ -33,6 +34,8 @@ class CheckpointUploads:
         log_model: bool | Literal["all"],
         options: CheckpointUploadPolicy,
         warn_once: WarnOnce,
+        *,
+        as_models: bool = True,
     ) -> None:
         self._session = session
         self._log_model = log_model
@@ -41,6 +44,8 @@ class CheckpointUploads:
         self._mirror: CheckpointMirror | None = None
         self._dataset_digests: dict[str, str] = {}  # split -> digest, recorded in each checkpoint's metadata
         self._saves = SaveLog()  # the epoch and step of each file, noted when it is saved
+        #: Each uploaded checkpoint a logged model, with its epoch's metrics linked (None without uploads).
+        self.models = CheckpointModels(session) if log_model and as_models else None
 
     @property
     def mirror(self) -> CheckpointMirror | None:
@@ -50,10 +55,15 @@ class CheckpointUploads:
     def note_datasets(self, digests: Mapping[str, str]) -> None:
         """The data the fit reads, so a checkpoint's metadata says which data it was trained on."""
         self._dataset_digests.update(digests)
+        if self.models is not None:
+            self.models.note_datasets(digests)
 
     def after_save(self, callback: ModelCheckpoint, trainer: pl.Trainer | None) -> None:
         if trainer is not None:
             self._saves.note(callback, trainer.current_epoch, trainer.global_step)
+        saved = getattr(callback, "_last_checkpoint_saved", None)  # as SaveLog reads it: no public accessor
+        if self.models is not None and isinstance(saved, str) and saved:
+            self.models.note_save(saved)
         if self._log_model == "all" or (self._log_model is True and callback.save_top_k == -1):
             self._mirror_checkpoints([callback], trainer)
 
@@ -74,7 +84,7 @@ class CheckpointUploads:
                 if self._options.changes_uploads
                 else None
             )
-            self._mirror = CheckpointMirror(self._session.uploader, self._session.set_tags, budget)
+            self._mirror = CheckpointMirror(self._session.uploader, self._session.set_tags, budget, self.models)
         for callback in callbacks:
             self._mirror.sync(callback, self._saves, dataset_digests=dict(self._dataset_digests))
 

@@ -21,6 +21,8 @@ from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from lightning_mlflow_ext.trainer.checkpoint_models import CheckpointModels
+
 
 def callback_key(callback: ModelCheckpoint) -> str:
     """A stable, readable key per callback: what it monitors, else how often it saves."""
@@ -82,10 +84,17 @@ class CheckpointMirror:
     """What of each callback's files is in the run, and the jobs that keep it in step (within ``budget``, the
     logger's ``log_model_options``, when one is given)."""
 
-    def __init__(self, uploader: ArtifactUploader, set_tags: Any, budget: CheckpointBudget | None = None) -> None:
+    def __init__(
+        self,
+        uploader: ArtifactUploader,
+        set_tags: Any,
+        budget: CheckpointBudget | None = None,
+        models: CheckpointModels | None = None,
+    ) -> None:
         self._uploader = uploader
         self._set_tags = set_tags
         self._budget = budget
+        self._models = models  # each file a logged model too (MLflow 3)
         self._keys: dict[str, str] = {}  # callback identity -> key
         self._files: dict[str, MirroredFile] = {}  # local path -> what is in the run
 
@@ -143,6 +152,12 @@ class CheckpointMirror:
             if budget is not None and budget.policy.weights_only:
                 metadata["weights_only"] = True
             self._uploader.upload_with_metadata(staged, artifact_dir, metadata, **rules)
+            if self._models is not None:
+                own = snapshot(path, self._uploader.staging, link=True)
+                last = path == callback.last_model_path
+                self._models.mirrored(
+                    path, own, artifact_path, metadata, last=last, rewrite=rules.get("rewrite"), skip=rules.get("skip")
+                )
         folder = f"{CHECKPOINTS_ROOT}/{key}/"
         for path in [p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(folder)]:
             if os.path.exists(path):
@@ -160,6 +175,8 @@ class CheckpointMirror:
 
         self._uploader.delete(mirrored.artifact_path, on_unsupported=mark_stale)
         self._uploader.delete(mirrored.artifact_path + ".json", on_unsupported=lambda: None)
+        if self._models is not None:
+            self._models.forget(path, mirrored.metadata)
 
     def _tag(self, callback: ModelCheckpoint, key: str) -> None:
         tags: dict[str, str] = {}

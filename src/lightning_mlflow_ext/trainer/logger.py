@@ -93,6 +93,11 @@ class MLflowLogger(FollowsNamespace, Logger):
             ``weight_norm/total``, at the Trainer's ``log_every_n_steps``, read just before each optimizer step
             (gradients unscaled under AMP, not yet clipped); global rank 0. ``False``: none.
         norms_per_layer: with ``log_norms``, each parameter's norm too (``grad_norm/<parameter name>``).
+        log_checkpoint_models: each uploaded checkpoint is also a logged model of the run (MLflow 3), with the
+            metrics of its epoch linked to it (each on its split's dataset input), so the run's Logged models
+            tab lists checkpoints with their scores and ``search_logged_models(order_by=metrics.val_loss)``
+            ranks them; a pruned checkpoint's model is deleted. The checkpoint is stored twice (run and model):
+            ``False`` keeps it a plain artifact only. An MLflow 2.x server gets plain artifacts, with one warning.
         prefix: put in front of every metric key, joined with ``-``.
         artifact_location: artifact root of a newly created experiment.
         run_id: log into this existing run. An unknown id is an error, never a new run.
@@ -169,6 +174,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         log_norms: NormsOption | Literal[False] = False,
         norms_per_layer: bool = False,
         trial: Any = None,
+        log_checkpoint_models: bool = True,
     ) -> None:
         super().__init__()
 
@@ -210,7 +216,11 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
         self._norms = NormRecorder(log_norms, norms_per_layer)
-        self._checkpoints = CheckpointUploads(self._session, log_model, upload_policy, self._warn_once)
+        self._checkpoints = CheckpointUploads(
+            self._session, log_model, upload_policy, self._warn_once, as_models=log_checkpoint_models
+        )
+        if self._checkpoints.models is not None:
+            self._metrics.on_points = self._checkpoints.models.note_points
         self._compat = CompatWrites(self._session, self._hparams, self._metrics)
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir

@@ -12,7 +12,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.delivery.writer import TAIL_POINTS, MetricPoint
@@ -51,6 +51,8 @@ class MetricPipeline:
         self._epoch_name: str | None = None  # the name Lightning's `epoch` key is recorded under, once seen
         #: key -> last step the run held when this fit resumed: points at or below it are not sent again.
         self.resume_floor: dict[str, int] = {}
+        #: Told of every batch of points queued (the checkpoints' logged models link them), when set.
+        self.on_points: Callable[[list[MetricPoint], pl.Trainer | None], None] | None = None
 
     @property
     def step_axis(self) -> StepAxis:
@@ -103,6 +105,8 @@ class MetricPipeline:
             if last is not None and at_step is not None and (left := (last - at_step) * len(points)) <= TAIL_POINTS:
                 self._session.stage_ends_soon(left)
             self._session.log_metrics(points)
+            if self.on_points is not None:
+                self.on_points(points, trainer)
 
     def _first_time_point(
         self,
