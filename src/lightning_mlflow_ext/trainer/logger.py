@@ -28,6 +28,7 @@ from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.environment import EnvironmentRecorder
+from lightning_mlflow_ext.trainer.fit_summary import STATE_KEY, FitMoment, FitSummary
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
@@ -205,6 +206,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._links = RunLinks(show_run_link)
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
+        self._summary = FitSummary(self._metrics, self._warn_once)
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._trial = TrialRecorder(self._session, self._hparams, trial_info)
         self._media = MediaRecorder(self._session)
@@ -406,6 +408,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         if trainer is None and self._driven_by_lightning:
             self._warn_once("no-bridge", NO_BRIDGE_WARNING)
         elif trainer is not None and trainer.state.fn == "fit":
+            self._summary.finish(trainer)
             self._run.fit_ended()
         self._metrics.warn_repeated()
         self._metrics.send_axis_tags()
@@ -439,6 +442,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._trainer = trainer
         self._saved_config.new_stage()
         self._metrics.set_epoch_end(False)
+        self._summary.start(trainer)
         self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
         mute_mlflow_autolog(trainer, self._warn_once)
         self._run.enter_stage(trainer)
@@ -453,12 +457,27 @@ class MLflowLogger(FollowsNamespace, Logger):
     def expect_last_train_step(self, step: int | None) -> None:
         self._metrics.expect_last_train_step(step)
 
-    def checkpoint_info(self) -> dict[str, str] | None:
+    def train_batch_ended(self, trainer: pl.Trainer, batch: Any) -> None:
+        self._summary.batch_ended(trainer, batch)
+
+    def fit_progressed(self, trainer: pl.Trainer, moment: FitMoment) -> None:
+        self._summary.progressed(trainer, moment)
+
+    def checkpoint_info(self) -> dict[str, Any] | None:
         if not self._session.resolved:
             return None
-        return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
+        info: dict[str, Any] = {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+        }
+        summary = self._summary.state(self._trainer)
+        if summary is not None:
+            info[STATE_KEY] = summary
+        return info
 
     def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
+        self._summary.restore(info.get(STATE_KEY), global_step)
         self._run.resume_from(trainer, info, global_step)
 
     @rank_zero_only
