@@ -13,6 +13,7 @@ them (after a validation, and once an epoch is over); a batch costs a few attrib
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -141,7 +142,11 @@ class FitSummary:
         self._steps_before = int(state.get("steps", 0))
         for monitor, fields in state.get("best", {}).items():
             if monitor in self._monitors and fields.get("mode") == self._monitors[monitor]:
-                self._best[monitor] = Best(**fields)
+                with contextlib.suppress(KeyError, TypeError, ValueError):  # a checkpoint of another version
+                    self._best[monitor] = Best(
+                        fields["mode"], float(fields["value"]), int(fields["epoch"]), int(fields["step"]),
+                        float(fields["time_s"]),
+                    )
 
     def state(self, trainer: pl.Trainer | None) -> dict[str, Any] | None:
         """What a checkpoint keeps, so that a fit resumed from it continues the best values, time and counts."""

@@ -136,6 +136,9 @@ class MLflowLogger(FollowsNamespace, Logger):
             (``["SLURM_JOB_QOS"]``); a secret-looking name (``MY_API_TOKEN``) raises ValueError. ``False``
             records none of it.
 
+    How a fit goes is recorded as it goes, as metrics the runs table sorts: ``best/<monitor>`` (and when),
+    ``fit/wall_time_s``, ``fit/samples_per_s``, ... (``trainer/fit_summary.py``).
+
     Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` (both skipped
     for a child run: ``parent_run_id``, a sweep's trial) -> the run a checkpoint being resumed
     (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
@@ -466,15 +469,13 @@ class MLflowLogger(FollowsNamespace, Logger):
     def checkpoint_info(self) -> dict[str, Any] | None:
         if not self._session.resolved:
             return None
-        info: dict[str, Any] = {
+        summary = self._summary.state(self._trainer)  # None: nothing to continue (not a fit, not rank 0)
+        return {
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
             "tracking_uri": self.tracking_uri,
+            **({STATE_KEY: summary} if summary is not None else {}),
         }
-        summary = self._summary.state(self._trainer)
-        if summary is not None:
-            info[STATE_KEY] = summary
-        return info
 
     def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
         self._summary.restore(info.get(STATE_KEY), global_step)
