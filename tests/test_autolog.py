@@ -112,6 +112,8 @@ def test_an_unchanged_script_is_recorded_with_the_environment_variable(tmp_path)
     assert metrics["early_stopping/stopped"] == 1.0
     assert metrics["early_stopping/stopped_epoch"] == 1.0
     assert "early_stopping/best_score" in metrics
+    assert metrics["best/val_loss"] == min(m.value for m in client.get_metric_history(run.info.run_id, "val_loss"))
+    assert metrics["fit/epochs"] == 2.0
     assert [m.step for m in client.get_metric_history(run.info.run_id, "lr-SGD")] == [0, 1, 2, 3, 4, 5, 6, 7]
     assert "test_loss" in metrics
     summary = client.download_artifacts(run.info.run_id, "model_summary.txt", str(tmp_path))
@@ -219,6 +221,8 @@ def test_early_stopping_of_either_lightning_package_is_recorded(early_stopping, 
     assert run.data.metrics["early_stopping/stopped"] == 1.0
     assert run.data.metrics["early_stopping/stopped_epoch"] == float(stopper.stopped_epoch) > 0
     assert run.data.metrics["early_stopping/best_score"] == pytest.approx(float(stopper.best_score))
+    losses = [m.value for m in client.get_metric_history(logger.run_id, "val_loss")]
+    assert run.data.metrics["best/val_loss"] == min(losses)  # min_delta does not apply to the best value
 
 
 class Slow(Callback):

@@ -73,8 +73,8 @@ def last_train_step(trainer: pl.Trainer) -> int | None:
 
 
 class MLflowTrainerBridge(FollowsNamespace, Callback):
-    """Tells each ``MLflowLogger`` of the Trainer which trainer it serves, when an epoch ends, and why a
-    stage stopped. It holds no state and does nothing for a Trainer without an ``MLflowLogger``.
+    """Tells each ``MLflowLogger`` of the Trainer which trainer it serves, when an epoch ends, how far a fit has
+    come, and why a stage stopped. It holds no state and does nothing for a Trainer without an ``MLflowLogger``.
 
     Callbacks run their ``setup`` before ``ModelCheckpoint`` (which Lightning moves to the end), and their
     ``on_*_epoch_end`` hooks before Lightning sends the epoch-level metrics to the loggers.
@@ -117,10 +117,13 @@ class MLflowTrainerBridge(FollowsNamespace, Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in _mlflow_loggers(trainer):
+            logger.fit_progressed(trainer, "training_ended")
             logger.expect_last_train_step(None)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in _mlflow_loggers(trainer):
+            logger.fit_progressed(trainer, "epoch_started")
         self._mark(trainer, False)
 
     @override
@@ -130,7 +133,16 @@ class MLflowTrainerBridge(FollowsNamespace, Callback):
         self._mark(trainer, False)
 
     @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        for logger in _mlflow_loggers(trainer):
+            logger.train_batch_ended(trainer, batch)
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in _mlflow_loggers(trainer):
+            logger.fit_progressed(trainer, "epoch_ended")
         self._mark(trainer, True)
 
     @override
@@ -151,6 +163,10 @@ class MLflowTrainerBridge(FollowsNamespace, Callback):
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before ModelCheckpoint's on_validation_end (Lightning runs it last): a checkpoint it saves now holds
+        # the best values of this validation too.
+        for logger in _mlflow_loggers(trainer):
+            logger.fit_progressed(trainer, "validated")
         self._mark(trainer, False)
 
     @override
@@ -169,8 +185,11 @@ class MLflowTrainerBridge(FollowsNamespace, Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        # The checkpoint names its run, so that resuming from it continues that run.
-        for logger in _mlflow_loggers(trainer):
+        # The checkpoint names its run, so that resuming from it continues that run, and holds the fit's summary.
+        loggers = _mlflow_loggers(trainer)
+        for logger in loggers:
+            logger.fit_progressed(trainer, "checkpoint")
+        for logger in loggers:
             info = logger.checkpoint_info()
             if info is not None:
                 checkpoint[CHECKPOINT_KEY] = info

@@ -28,6 +28,7 @@ from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.environment import EnvironmentRecorder
+from lightning_mlflow_ext.trainer.fit_summary import STATE_KEY, FitMoment, FitSummary
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
@@ -140,6 +141,9 @@ class MLflowLogger(FollowsNamespace, Logger):
             (``["SLURM_JOB_QOS"]``); a secret-looking name (``MY_API_TOKEN``) raises ValueError. ``False``
             records none of it.
 
+    How a fit goes is recorded as it goes, as metrics the runs table sorts: ``best/<monitor>`` (and when),
+    ``fit/wall_time_s``, ``fit/samples_per_s``, ... (``trainer/fit_summary.py``).
+
     Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` (both skipped
     for a child run: ``parent_run_id``, a sweep's trial) -> the run a checkpoint being resumed
     (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
@@ -211,6 +215,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._links = RunLinks(show_run_link)
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
+        self._summary = FitSummary(self._metrics, self._warn_once)
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._trial = TrialRecorder(self._session, self._hparams, trial_info)
         self._media = MediaRecorder(self._session)
@@ -416,6 +421,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         if trainer is None and self._driven_by_lightning:
             self._warn_once("no-bridge", NO_BRIDGE_WARNING)
         elif trainer is not None and trainer.state.fn == "fit":
+            self._summary.finish(trainer)
             self._run.fit_ended()
         self._metrics.warn_repeated()
         self._metrics.send_axis_tags()
@@ -449,6 +455,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._trainer = trainer
         self._saved_config.new_stage()
         self._metrics.set_epoch_end(False)
+        self._summary.start(trainer)
         self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
         mute_mlflow_autolog(trainer, self._warn_once)
         self._run.enter_stage(trainer)
@@ -463,12 +470,25 @@ class MLflowLogger(FollowsNamespace, Logger):
     def expect_last_train_step(self, step: int | None) -> None:
         self._metrics.expect_last_train_step(step)
 
-    def checkpoint_info(self) -> dict[str, str] | None:
+    def train_batch_ended(self, trainer: pl.Trainer, batch: Any) -> None:
+        self._summary.batch_ended(trainer, batch)
+
+    def fit_progressed(self, trainer: pl.Trainer, moment: FitMoment) -> None:
+        self._summary.progressed(trainer, moment)
+
+    def checkpoint_info(self) -> dict[str, Any] | None:
         if not self._session.resolved:
             return None
-        return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
+        summary = self._summary.state(self._trainer)  # None: nothing to continue (not a fit, not rank 0)
+        return {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+            **({STATE_KEY: summary} if summary is not None else {}),
+        }
 
     def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:
+        self._summary.restore(info.get(STATE_KEY), global_step)
         self._run.resume_from(trainer, info, global_step)
 
     @rank_zero_only

@@ -108,6 +108,29 @@ class MetricPipeline:
             if self.on_points is not None:
                 self.on_points(points, trainer)
 
+    def log_summary(self, metrics: Mapping[str, float], step: int) -> None:
+        """Values this package derives (the fit summary: ``trainer/fit_summary.py``), at exactly ``step``: named
+        like every key (prefix, a valid name), never moved to the epoch axis; the caller sends a key at most once
+        a step. A resumed fit does not send again the steps the run holds."""
+        timestamp = int(time.time() * 1000)
+        floor = self.resume_floor
+        points: list[MetricPoint] = []
+        for key, value in metrics.items():
+            name = self._name(key)
+            if not floor or step > floor.get(name, -1):
+                points.append((name, value, timestamp, step))
+        if points:
+            self._session.log_metrics(points)
+
+    def _name(self, key: str) -> str:
+        """The MLflow name of a logged key: prefixed, valid, never another key's (said once when it differs)."""
+        if self._prefix:
+            key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"
+        name = self._metric_names.map(key)
+        if name != key:
+            self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
+        return name
+
     def _first_time_point(
         self,
         logged: str,
@@ -118,14 +141,9 @@ class MetricPipeline:
         epoch: int | None = None,
     ) -> MetricPoint | None:
         """The point for a key not (yet) known to stay on the logged step: name it, choose its axis."""
-        key = logged
         self.keys_seen.add(logged)
-        is_epoch = key == EPOCH_KEY
-        if self._prefix:
-            key = f"{self._prefix}{PREFIX_SEPARATOR}{key}"
-        name = self._metric_names.map(key)
-        if name != key:
-            self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
+        is_epoch = logged == EPOCH_KEY
+        name = self._name(logged)
         point_step = step if step is not None else self._step(name, trainer)
         if is_epoch:
             self._epoch_name = name

@@ -1,8 +1,8 @@
 """What the bridge callback tells a logger: the one protocol between ``bridge.py`` and ``MLflowLogger``.
 
 Lightning hands a logger only metrics and hyperparameters. Which Trainer it serves, when an epoch ends, where
-training will end, which checkpoint a fit resumes from and why a stage stopped, only callbacks see: the bridge
-passes them on through these methods, and nothing else of the logger.
+training will end, how far a fit has come, which checkpoint a fit resumes from and why a stage stopped, only
+callbacks see: the bridge passes them on through these methods, and nothing else of the logger.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+    from lightning_mlflow_ext.trainer.fit_summary import FitMoment
 
 #: The key under which a Lightning checkpoint records the run it was trained in (``checkpoint_info``).
 CHECKPOINT_KEY = "lightning_mlflow_ext"
@@ -29,7 +31,13 @@ class TrainerHooks(Protocol):
     def expect_last_train_step(self, step: int | None) -> None:
         """The global step training will end at (None: unknown, or training is over)."""
 
-    def checkpoint_info(self) -> dict[str, str] | None:
+    def train_batch_ended(self, trainer: pl.Trainer, batch: Any) -> None:
+        """A training batch is done (every batch: must cost next to nothing, and never wait for the device)."""
+
+    def fit_progressed(self, trainer: pl.Trainer, moment: FitMoment) -> None:
+        """A validation ended, an epoch ended or started, training ended, or a checkpoint is being saved."""
+
+    def checkpoint_info(self) -> dict[str, Any] | None:
         """What a Lightning checkpoint records about the run (None: no run yet)."""
 
     def resume_from(self, trainer: pl.Trainer, info: Mapping[str, Any], global_step: int) -> None:

@@ -1,5 +1,6 @@
 """What a fit is made of, as params and metrics: Trainer settings, optimizers and their param groups, LR
-schedulers, EarlyStopping (settings and outcome), the model summary and parameter counts.
+schedulers, EarlyStopping (settings and outcome), the quantities the callbacks monitor, the model summary and
+parameter counts.
 
 Read from public Trainer attributes only. EarlyStopping is recognised by its attributes, so the
 ``lightning.pytorch`` and the ``pytorch_lightning`` classes (and subclasses) are both found.
@@ -13,6 +14,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.model_summary.model_summary import ModelSummary
+
+from lightning_mlflow_ext.trainer.namespaces import model_checkpoint_types
 
 #: Param-group entries that are not settings (the tensors themselves, bookkeeping).
 _NOT_SETTINGS = {"params", "param_names", "initial_lr"}
@@ -121,6 +124,18 @@ def early_stopping_outcome(callbacks: Iterable[Any]) -> dict[str, float]:
         if best is not None and math.isfinite(float(best)):
             metrics[f"{prefix}/best_score"] = float(best)
     return metrics
+
+
+def monitored_quantities(callbacks: Iterable[Any]) -> list[tuple[str, str]]:
+    """``(monitor, mode)`` of every ModelCheckpoint and EarlyStopping that monitors a quantity (either Lightning
+    namespace), in callback order; a quantity monitored twice is listed twice."""
+    found: list[tuple[str, str]] = []
+    for callback in callbacks:
+        if isinstance(callback, model_checkpoint_types()) or is_early_stopping(callback):
+            monitor, mode = getattr(callback, "monitor", None), getattr(callback, "mode", "min")
+            if isinstance(monitor, str) and monitor and mode in ("min", "max"):
+                found.append((monitor, mode))
+    return found
 
 
 def model_summary(module: pl.LightningModule) -> tuple[str, dict[str, int]]:
