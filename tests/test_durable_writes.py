@@ -88,6 +88,7 @@ def models_of(client: MlflowClient, run: Run) -> list[dict[str, object]]:
             "name": model.name,
             "status": str(model.status),
             "params": model.params,
+            "metrics": sorted((metric.key, metric.step) for metric in model.metrics),
             "tags": {k: v for k, v in model.tags.items() if k not in (CHANGE_ID_TAG, "mlflow.modelVersions")},
             "files": sorted(item.path for item in client.list_logged_model_artifacts(model.model_id)),
             "in the run's tag": run.data.tags.get(BEST_MODEL_ID_TAG) == model.model_id,
@@ -178,10 +179,12 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
 
 def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_uri, client, experiment_name, tmp_path):
     """A process that died between creating the logged model and storing its files (or registering it) leaves a
-    journaled ``model`` change; replaying it, even twice, completes that model rather than making another."""
+    journaled ``model`` change; replaying it, even twice, completes that model rather than making another, and
+    links its scores (points the run holds) once, leaving the run's history as it was."""
     import shutil
 
     import torch
+    from mlflow.entities import Metric
 
     from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
     from lightning_mlflow_ext.delivery.logged_models import model_details
@@ -190,18 +193,20 @@ def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_u
 
     experiment_id = client.create_experiment(experiment_name)
     run_id = client.create_run(experiment_id).info.run_id
+    best, last = ("val_loss", 0.25, 1_700_000_000_000, 0), ("val_loss", 0.5, 1_700_000_001_000, 1)
+    client.log_batch(run_id, metrics=[Metric(*best), Metric(*last)])
     saved = tmp_path / "saved" / "model"
-    save_pickled(torch.nn.Linear(2, 1), saved)
+    save_pickled(torch.nn.Linear(2, 1), saved, pip_requirements=["torch"])  # not inferred: a slow subprocess
     name = experiment_name[-20:] + "-m"
     details = model_details(
         change_id="replayed-change", experiment_id=experiment_id, name="best", tags={"k": "v"},
-        params={"val_loss": "0.5"}, model_type="pytorch", run_tag=BEST_MODEL_ID_TAG,
-        registered_model_name=name, alias="best",
+        params={"lr": "0.5"}, model_type="pytorch", run_tag=BEST_MODEL_ID_TAG,
+        registered_model_name=name, alias="best", metrics=[best],
     )  # fmt: skip
     # What the dead process got done: the model exists (PENDING, no files), nothing else.
     client.create_logged_model(
         experiment_id, name="best", source_run_id=run_id, tags={"k": "v", CHANGE_ID_TAG: "replayed-change"},
-        params={"val_loss": "0.5"}, model_type="pytorch",
+        params={"lr": "0.5"}, model_type="pytorch",
     )  # fmt: skip
 
     artifacts = RunArtifacts(client, run_id, tracking_uri)
@@ -214,7 +219,9 @@ def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_u
     models = client.search_logged_models([experiment_id])
     assert len(models) == 1
     model = models[0]
-    assert str(model.status) == "READY" and model.params == {"val_loss": "0.5"} and model.tags["k"] == "v"
+    assert str(model.status) == "READY" and model.params == {"lr": "0.5"} and model.tags["k"] == "v"
+    assert [(m.key, m.value, m.timestamp, m.step) for m in model.metrics] == [best]
+    assert len(client.get_metric_history(run_id, "val_loss")) == 2
     # MLflow 3.2's client lists a logged model's files from the process's tracking URI, whatever its own: the
     # read back is pointed there (the writes above are done).
     with pytest.MonkeyPatch.context() as env:

@@ -8,12 +8,12 @@ not set) finds what was done by the change's own id, a tag on the logged model, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.entities.logged_model import LoggedModel
 from mlflow.entities.logged_model_status import LoggedModelStatus
 from mlflow.exceptions import MlflowException
@@ -39,8 +39,10 @@ def model_details(
     run_tag: str | None = None,
     registered_model_name: str | None = None,
     alias: str | None = None,
+    metrics: Iterable[Sequence[Any]] = (),
 ) -> dict[str, Any]:
-    """What a ``model`` change carries. ``run_tag``: a run tag to set to the new model's id."""
+    """What a ``model`` change carries. ``run_tag``: a run tag to set to the new model's id. ``metrics``: points
+    of the run, ``(key, value, timestamp, step)``, to link to the model (``link_metrics``)."""
     return {
         "change_id": change_id,
         "experiment_id": experiment_id,
@@ -51,6 +53,7 @@ def model_details(
         "run_tag": run_tag,
         "registered_model_name": registered_model_name,
         "alias": alias,
+        "metrics": [list(point) for point in metrics],
     }
 
 
@@ -67,6 +70,7 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
             raise
         model = client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     _link_to_run(client, run_id, model.model_id)
+    link_metrics(client, run_id, model.model_id, details.get("metrics") or ())
     if details.get("run_tag"):
         client.set_tag(run_id, str(details["run_tag"]), model.model_id)
     name = details.get("registered_model_name")
@@ -114,6 +118,19 @@ def _link_to_run(client: MlflowClient, run_id: str, model_id: str) -> None:
     outputs = client.get_run(run_id).outputs
     if not any(output.model_id == model_id for output in (outputs.model_outputs if outputs else [])):
         client.log_outputs(run_id, [LoggedModelOutput(model_id=model_id, step=0)])
+
+
+#: MLflow's limit of metrics in one ``log_batch`` request.
+_METRICS_PER_REQUEST = 1000
+
+
+def link_metrics(client: MlflowClient, run_id: str, model_id: str, metrics: Iterable[Sequence[Any]]) -> None:
+    """The model's scores (``get_logged_model(id).metrics``): points the run already holds, ``(key, value,
+    timestamp, step)``, sent again with the model's id. MLflow's SQL stores keep one point for an identical key,
+    value, step and timestamp, so the run's history does not change and a replay links each point once."""
+    points = [Metric(str(k), float(v), int(t), int(s), model_id=model_id) for k, v, t, s in metrics]
+    for start in range(0, len(points), _METRICS_PER_REQUEST):
+        client.log_batch(run_id, metrics=points[start : start + _METRICS_PER_REQUEST])
 
 
 def _register(client: MlflowClient, run_id: str, model: LoggedModel, name: str, alias: object) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "MLFLOW_PARENT_RUN_ID",
     "MLFLOW_RUN_NAME",
     "MODEL_CHECKPOINT_TAG",
+    "MODEL_SERIALIZATION_TAG",
     "MODEL_STEP_TAG",
     "OWNER",
     "OWNER_TAG",
@@ -88,6 +89,8 @@ REGISTERED_MODEL_TAG = TAG_PREFIX + "registered_model"
 #: On a logged model: the checkpoint artifact it was built from, and the global step of that checkpoint.
 MODEL_CHECKPOINT_TAG = TAG_PREFIX + "checkpoint"
 MODEL_STEP_TAG = TAG_PREFIX + "step"
+#: On a logged model: how its module is stored (``mlflow.pytorch``'s ``serialization_format``: ``pickle``).
+MODEL_SERIALIZATION_TAG = TAG_PREFIX + "serialization_format"
 
 
 def checkpoint_tag(callback_key: str, field: str) -> str:

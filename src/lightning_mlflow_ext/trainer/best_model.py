@@ -2,7 +2,8 @@
 
 Chosen from the first ``ModelCheckpoint`` that saved a best checkpoint, loaded on the CPU, logged (and
 registered under ``registered_model_name`` with the alias ``best``) with the global step its checkpoint was
-saved at and the metrics of the fit.
+saved at, a signature and input example (``model_example``), and the scores it was saved with linked to it as
+metrics (``checkpoint_scores``).
 The model is saved here; the run's delivery logs and registers it (it survives an outage like every write).
 """
 
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
     from lightning_mlflow_ext.run.session import RunSession
+    from lightning_mlflow_ext.trainer.checkpoint_scores import CheckpointScores
     from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
+    from lightning_mlflow_ext.trainer.model_example import InputExample
     from lightning_mlflow_ext.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
@@ -45,12 +48,20 @@ class BestModelExport:
         *,
         trainer: pl.Trainer | None,
         mirror: CheckpointMirror | None,
+        scores: CheckpointScores,
+        example: InputExample | None,
+        signature: bool = True,
+        input_example: bool = True,
     ) -> None:
         self._session = session
         self._warn_once = warn_once
         self._registered_model_name = registered_model_name
         self._trainer = trainer
         self._mirror = mirror  # set when checkpoints are uploaded: the model then names the run's copy
+        self._scores = scores
+        self._example = example  # None: neither a signature nor an input example
+        self._signature = signature
+        self._input_example = input_example
 
     def record_best_model(self) -> None:
         trainer = self._trainer
@@ -65,9 +76,15 @@ class BestModelExport:
             return
         try:
             module = type(trainer.lightning_module).load_from_checkpoint(best.best_model_path, map_location="cpu")
-            metrics = {
-                k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
-            }
+            declared = getattr(trainer.lightning_module, "example_input_array", None)
+            example = self._example.pair(module, declared) if self._example is not None else None
+            metrics = self._scores.scores(best)
+            if not metrics:
+                log.info(
+                    "No metric of the run is linked to the best model: its checkpoint %s was saved before this fit, "
+                    "or judged by metrics not sent to MLflow.",
+                    best.best_model_path,
+                )
             # The checkpoint in the run when checkpoints are uploaded (log_model), else the local file it came from.
             checkpoint = (
                 f"checkpoints/{self._mirror.key_for(best)}/{os.path.basename(best.best_model_path)}"
@@ -82,6 +99,9 @@ class BestModelExport:
                 checkpoint_artifact=checkpoint,
                 step=_saved_step(best.best_model_path, trainer.global_step),
                 metrics=metrics,
+                example=example,
+                signature=self._signature,
+                input_example=self._input_example,
                 registered_model_name=self._registered_model_name,
             )
         except Exception as exc:  # the fit succeeded; a model that could not be saved must not undo that

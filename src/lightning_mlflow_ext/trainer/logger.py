@@ -23,12 +23,14 @@ from lightning_mlflow_ext.run.models import save_trained_model
 from lightning_mlflow_ext.run.session import RunSession
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.trainer.best_model import BestModelExport
+from lightning_mlflow_ext.trainer.checkpoint_scores import CheckpointScores
 from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
+from lightning_mlflow_ext.trainer.model_example import InputExample
 from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, sigterm_exception_types
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
 from lightning_mlflow_ext.trainer.resume import RunContinuity
@@ -91,8 +93,14 @@ class MLflowLogger(FollowsNamespace, Logger):
         step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
         server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
         log_best_model: at the end of a successful fit, the best checkpoint's model as an MLflow Model of this
-            run (in its experiment), with the checkpoint, step and metrics recorded on it.
+            run (in its experiment, the module pickled: tag ``serialization_format``), with its checkpoint and step
+            as tags and the metrics it was saved with (``val_loss`` of its epoch, ...) linked to it.
         registered_model_name: also register that model under this name, with the alias ``best``.
+        model_signature: give that model a signature: its input, the LightningModule's ``example_input_array``
+            (a tensor) or else the first 2 rows of the first training batch's input (the batch, or its first item
+            when a tuple or list), and its output on that input in eval mode. A model that takes or gives anything
+            but one tensor gets none (one info message).
+        model_input_example: also save that input as the model's input example (``False``: e.g. private data).
         flush_timeout: seconds the end of each stage waits for the store to take every queued write; what it
             has not taken by then stays in the journal under ``save_dir`` (``lightning-mlflow sync``).
         end_run: who ends the run when the work succeeds. ``None``: the runs this logger owns (created, reopened,
@@ -133,6 +141,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         flush_timeout: float = 60.0,
         log_best_model: bool = False,
         registered_model_name: str | None = None,
+        model_signature: bool = True,
+        model_input_example: bool = True,
         end_run: bool | None = None,
         redact: RedactPatterns | None = None,
         show_run_link: bool = True,
@@ -161,9 +171,15 @@ class MLflowLogger(FollowsNamespace, Logger):
         )
         self._log_best_model = log_best_model or registered_model_name is not None
         self._registered_model_name = registered_model_name
+        self._model_signature = model_signature
+        self._model_input_example = model_input_example
         self._links = RunLinks(show_run_link)
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
+        self._scores = CheckpointScores(self._metrics.recorded_name)
+        self._example = InputExample() if model_signature or model_input_example else None
+        if self._log_best_model:
+            self._metrics.observer = self._scores.points_sent
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
@@ -333,6 +349,8 @@ class MLflowLogger(FollowsNamespace, Logger):
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         self._checkpoints.after_save(checkpoint_callback, self._trainer)
+        if self._log_best_model and self._trainer is not None:
+            self._scores.checkpoint_saved(checkpoint_callback, self._trainer.callback_metrics)
 
     @override
     def log_graph(self, model: Any, input_array: Any = None) -> None:
@@ -369,7 +387,15 @@ class MLflowLogger(FollowsNamespace, Logger):
         if final == "FINISHED" and self._log_best_model:
             mirror = self._checkpoints.mirror
             export = BestModelExport(
-                self._session, self._warn_once, self._registered_model_name, trainer=trainer, mirror=mirror
+                self._session,
+                self._warn_once,
+                self._registered_model_name,
+                trainer=trainer,
+                mirror=mirror,
+                scores=self._scores,
+                example=self._example,
+                signature=self._model_signature,
+                input_example=self._model_input_example,
             )
             export.record_best_model()
         end_stage(self._session, final, self._links)
@@ -394,6 +420,10 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._saved_config.new_stage()
         self._metrics.set_epoch_end(False)
         self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
+        if trainer.state.fn == "fit":
+            self._scores.start_fit()
+            if self._example is not None:
+                self._example.start_fit()
         mute_mlflow_autolog(trainer, self._warn_once)
         self._run.enter_stage(trainer)
 
@@ -402,6 +432,11 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     def expect_last_train_step(self, step: int | None) -> None:
         self._metrics.expect_last_train_step(step)
+
+    @rank_zero_only
+    def note_train_batch(self, batch: Any) -> None:
+        if self._log_best_model and self._example is not None:
+            self._example.note_batch(batch)
 
     def checkpoint_info(self) -> dict[str, str] | None:
         if not self._session.resolved:

@@ -12,7 +12,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.delivery.writer import TAIL_POINTS, MetricPoint
@@ -51,6 +51,8 @@ class MetricPipeline:
         self._epoch_name: str | None = None  # the name Lightning's `epoch` key is recorded under, once seen
         #: key -> last step the run held when this fit resumed: points at or below it are not sent again.
         self.resume_floor: dict[str, int] = {}
+        #: Told of every point sent (``checkpoint_scores``: a checkpoint's scores are points of the run).
+        self.observer: Callable[[list[MetricPoint]], None] | None = None
 
     @property
     def step_axis(self) -> StepAxis:
@@ -103,6 +105,14 @@ class MetricPipeline:
             if last is not None and at_step is not None and (left := (last - at_step) * len(points)) <= TAIL_POINTS:
                 self._session.stage_ends_soon(left)
             self._session.log_metrics(points)
+            if self.observer is not None:
+                self.observer(points)
+
+    def recorded_name(self, key: str) -> str | None:
+        """The run's metric name of the logged ``key``; None while no point of it was sent."""
+        if key not in self.keys_seen:
+            return None
+        return self._metric_names.map(f"{self._prefix}{PREFIX_SEPARATOR}{key}" if self._prefix else key)
 
     def _first_time_point(
         self,

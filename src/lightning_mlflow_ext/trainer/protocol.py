@@ -29,6 +29,9 @@ class TrainerHooks(Protocol):
     def expect_last_train_step(self, step: int | None) -> None:
         """The global step training will end at (None: unknown, or training is over)."""
 
+    def note_train_batch(self, batch: Any) -> None:
+        """A training batch is about to be used (the first of a fit gives the model's input example)."""
+
     def checkpoint_info(self) -> dict[str, str] | None:
         """What a Lightning checkpoint records about the run (None: no run yet)."""
 
