@@ -27,10 +27,13 @@ class WorseAtTheEnd(TinyModel):
         self.log("val_loss", self._loss(batch) + (10.0 if self.current_epoch == 1 else 0.0))
 
 
-def fit_best(uri: str, experiment: str, tmp_path: Path, **options) -> MLflowLogger:
+def fit_best(uri: str, experiment: str, tmp_path: Path, monitor: str = "val_loss", mode: str = "min", **options):
     logger = MLflowLogger(experiment_name=experiment, tracking_uri=uri, log_best_model=True, **options)
-    callback = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
-    trainer = make_trainer(logger, max_epochs=2, enable_checkpointing=True, callbacks=[callback], limit_train_batches=3)
+    callback = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=monitor, mode=mode, save_top_k=1)
+    trainer = make_trainer(
+        logger, max_epochs=2, enable_checkpointing=True, callbacks=[callback], limit_train_batches=3,
+        limit_val_batches=0 if monitor.startswith("train") else None,
+    )  # fmt: skip
     trainer.fit(WorseAtTheEnd(lr=0.03), TinyData())
     return logger
 
@@ -53,7 +56,9 @@ def test_best_model_has_a_signature_an_input_example_and_its_checkpoints_scores(
     linked = {metric.key: metric for metric in model.metrics}
     assert (linked["val_loss"].value, linked["val_loss"].step) == (history[0].value, 0)
     assert linked["val_loss"].timestamp == history[0].timestamp
-    assert "train_loss_epoch" not in linked  # saved at the end of validation: no training value of epoch 0 yet
+    # The training loss of the epoch it was saved in too, which Lightning hands the logger just after the save.
+    first_train = client.get_metric_history(logger.run_id, "train_loss_epoch")[0]
+    assert (linked["train_loss_epoch"].value, linked["train_loss_epoch"].step) == (first_train.value, 0)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # models:/ URIs are read through the global store
     info = mlflow.models.get_model_info(f"models:/{model_id}")
@@ -70,15 +75,22 @@ def test_best_model_has_a_signature_an_input_example_and_its_checkpoints_scores(
         assert loaded(torch.from_numpy(example)).shape == (2, 1)
 
 
-def test_a_model_without_signature_or_input_example_when_asked(tmp_path, monkeypatch):
+def test_without_signature_or_input_example_when_asked_and_scores_sent_after_the_save(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    logger = fit_best(uri, "opt-out", tmp_path, model_signature=False, model_input_example=False)
+    # mode="max" on a falling loss: the best is the first epoch's. Saved at the end of a training epoch, before
+    # Lightning hands the logger that epoch's train_loss_epoch: linked to the point sent just after the save.
+    logger = fit_best(
+        uri, "opt-out", tmp_path, monitor="train_loss_epoch", mode="max", model_signature=False,
+        model_input_example=False,
+    )  # fmt: skip
     client = MlflowClient(uri)
     model_id = client.get_run(logger.run_id).data.tags[BEST_MODEL_ID_TAG]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert mlflow.models.get_model_info(f"models:/{model_id}").signature is None
     assert "input_example.json" not in [item.path for item in client.list_logged_model_artifacts(model_id)]
-    assert "val_loss" in {metric.key for metric in client.get_logged_model(model_id).metrics}
+    first = client.get_metric_history(logger.run_id, "train_loss_epoch")[0]
+    linked = {metric.key: metric for metric in client.get_logged_model(model_id).metrics}
+    assert (linked["train_loss_epoch"].value, linked["train_loss_epoch"].step) == (first.value, first.step)
 
 
 def test_the_input_example_is_the_first_batchs_input_or_example_input_array(caplog):

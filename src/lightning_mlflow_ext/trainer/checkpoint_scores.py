@@ -33,7 +33,7 @@ def _same(logged: float, sent: float) -> bool:
 class _BestFile:
     path: str
     points: dict[str, MetricPoint] = field(default_factory=dict)  # name -> the run's point
-    waiting: dict[str, float] = field(default_factory=dict)  # name -> value not sent yet
+    waiting: dict[str, float] = field(default_factory=dict)  # logged key -> value not sent yet
 
 
 class CheckpointScores:
@@ -70,15 +70,15 @@ class CheckpointScores:
             return  # not its best (a top-k file, last.ckpt): its scores are not wanted
         best = _BestFile(path)
         for key, raw in metrics.items():
-            name = self._recorded_name(key)
             value = _scalar(raw)
-            if name is None or value is None:
-                continue  # never sent to the run (logged with logger=False, or not a number)
-            sent = self._latest.get(name)
-            if sent is not None and _same(value, sent[1]):
+            if value is None:
+                continue
+            name = self._recorded_name(key)
+            sent = self._latest.get(name) if name is not None else None
+            if name is not None and sent is not None and _same(value, sent[1]):
                 best.points[name] = sent
             else:
-                best.waiting[name] = value
+                best.waiting[key] = value  # the next point of its name, if it has this value
         self._best[callback.state_key] = best
         self._waiting = any(file.waiting for file in self._best.values())
 
@@ -91,10 +91,14 @@ class CheckpointScores:
         return sorted(best.points.values())
 
     def _take_waiting(self, points: list[MetricPoint]) -> None:
+        sent = {point[0]: point for point in points}
         for best in self._best.values():
-            for point in points:
-                value = best.waiting.pop(point[0], None)
-                if value is not None and _same(value, point[1]):
+            for key in list(best.waiting):
+                name = self._recorded_name(key)
+                point = sent.get(name) if name is not None else None
+                if point is None:
+                    continue  # not sent yet; one never sent (logged with logger=False) waits in vain, harmlessly
+                if _same(best.waiting.pop(key), point[1]):
                     best.points[point[0]] = point
         self._waiting = any(file.waiting for file in self._best.values())
 
