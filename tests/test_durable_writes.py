@@ -173,6 +173,7 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     assert expected["texts"]["tables/progress.json"]["data"] == [[0, 0.05], [1, 0.05], [2, 0.05]]
     assert expected["models"] and expected["models"][0]["status"] == "READY", expected["models"]
     assert expected["models"][0]["in the run's tag"] and expected["models"][0]["versions"] == [("1", ["best"])]
+    assert "val_loss" in dict(expected["models"][0]["metrics"]), "its scores are linked to it"
     assert got["models"] == expected["models"], "the best model is logged and registered once, as it was"
     assert got["status"] == expected["status"] == "FINISHED"
 

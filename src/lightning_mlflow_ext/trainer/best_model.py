@@ -12,20 +12,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.run.models import BEST_ALIAS, save_best_model
 from lightning_mlflow_ext.run.tags import REGISTERED_MODEL_TAG
 from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
+from lightning_mlflow_ext.trainer.checkpoint_scores import CheckpointScores
+from lightning_mlflow_ext.trainer.model_example import InputExample
 from lightning_mlflow_ext.trainer.namespaces import model_checkpoint_types
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lightning_mlflow_ext.run.session import RunSession
-    from lightning_mlflow_ext.trainer.checkpoint_scores import CheckpointScores
     from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
-    from lightning_mlflow_ext.trainer.model_example import InputExample
+    from lightning_mlflow_ext.trainer.metrics import MetricPipeline
     from lightning_mlflow_ext.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
@@ -38,33 +40,51 @@ def _saved_step(path: str, default: int) -> int:
 
 
 class BestModelExport:
-    """One export, made when a fit ends: what it needs of the logger, then ``record_best_model()``."""
+    """The best model of each fit: what it watches while the fit runs (the checkpoints saved and their scores, the
+    first training batch), then ``record_best_model()`` when the fit ends.
+
+    ``signature`` / ``input_example``: give the model a signature / an input example (``model_example``).
+    """
 
     def __init__(
         self,
         session: RunSession,
         warn_once: WarnOnce,
         registered_model_name: str | None,
+        metrics: MetricPipeline,
         *,
-        trainer: pl.Trainer | None,
-        mirror: CheckpointMirror | None,
-        scores: CheckpointScores,
-        example: InputExample | None,
         signature: bool = True,
         input_example: bool = True,
     ) -> None:
         self._session = session
         self._warn_once = warn_once
         self._registered_model_name = registered_model_name
-        self._trainer = trainer
-        self._mirror = mirror  # set when checkpoints are uploaded: the model then names the run's copy
-        self._scores = scores
-        self._example = example  # None: neither a signature nor an input example
+        self._scores = CheckpointScores(metrics.recorded_name)
+        metrics.observer = self._scores.points_sent
+        self._example = InputExample() if signature or input_example else None
         self._signature = signature
         self._input_example = input_example
 
-    def record_best_model(self) -> None:
-        trainer = self._trainer
+    # ---- while the fit runs -----------------------------------------------------------------------
+
+    def start_fit(self) -> None:
+        self._scores.start_fit()
+        if self._example is not None:
+            self._example.start_fit()
+
+    def note_train_batch(self, batch: Any) -> None:
+        if self._example is not None:
+            self._example.note_batch(batch)
+
+    def checkpoint_saved(self, callback: ModelCheckpoint, trainer: pl.Trainer | None) -> None:
+        if trainer is not None:
+            self._scores.checkpoint_saved(callback, trainer.callback_metrics)
+
+    # ---- when it ends -------------------------------------------------------------------------------
+
+    def record_best_model(self, trainer: pl.Trainer | None, mirror: CheckpointMirror | None) -> None:
+        """Save the best checkpoint's model for the run's delivery. ``mirror``: set when checkpoints are uploaded
+        (the model then names the run's copy of its checkpoint)."""
         if trainer is None or trainer.state.fn != "fit":
             return
         checkpoints = model_checkpoint_types()
@@ -87,8 +107,8 @@ class BestModelExport:
                 )
             # The checkpoint in the run when checkpoints are uploaded (log_model), else the local file it came from.
             checkpoint = (
-                f"checkpoints/{self._mirror.key_for(best)}/{os.path.basename(best.best_model_path)}"
-                if self._mirror is not None
+                f"checkpoints/{mirror.key_for(best)}/{os.path.basename(best.best_model_path)}"
+                if mirror is not None
                 else Path(os.path.abspath(best.best_model_path)).as_uri()
             )
             folder = self._session.uploader.model_folder()

@@ -23,14 +23,12 @@ from lightning_mlflow_ext.run.models import save_trained_model
 from lightning_mlflow_ext.run.session import RunSession
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.trainer.best_model import BestModelExport
-from lightning_mlflow_ext.trainer.checkpoint_scores import CheckpointScores
 from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
-from lightning_mlflow_ext.trainer.model_example import InputExample
 from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, sigterm_exception_types
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
 from lightning_mlflow_ext.trainer.resume import RunContinuity
@@ -169,17 +167,21 @@ class MLflowLogger(FollowsNamespace, Logger):
             may_create=is_global_rank_zero,
             end_run=end_run,
         )
-        self._log_best_model = log_best_model or registered_model_name is not None
-        self._registered_model_name = registered_model_name
-        self._model_signature = model_signature
-        self._model_input_example = model_input_example
         self._links = RunLinks(show_run_link)
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
-        self._scores = CheckpointScores(self._metrics.recorded_name)
-        self._example = InputExample() if model_signature or model_input_example else None
-        if self._log_best_model:
-            self._metrics.observer = self._scores.points_sent
+        self._best_model = (
+            BestModelExport(
+                self._session,
+                self._warn_once,
+                registered_model_name,
+                self._metrics,
+                signature=model_signature,
+                input_example=model_input_example,
+            )
+            if log_best_model or registered_model_name is not None
+            else None
+        )
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
@@ -349,8 +351,8 @@ class MLflowLogger(FollowsNamespace, Logger):
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         self._checkpoints.after_save(checkpoint_callback, self._trainer)
-        if self._log_best_model and self._trainer is not None:
-            self._scores.checkpoint_saved(checkpoint_callback, self._trainer.callback_metrics)
+        if self._best_model is not None:
+            self._best_model.checkpoint_saved(checkpoint_callback, self._trainer)
 
     @override
     def log_graph(self, model: Any, input_array: Any = None) -> None:
@@ -384,20 +386,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._metrics.send_axis_tags()
         final = final_status(status, self._interrupted)
         self._checkpoints.finish(trainer, final)
-        if final == "FINISHED" and self._log_best_model:
-            mirror = self._checkpoints.mirror
-            export = BestModelExport(
-                self._session,
-                self._warn_once,
-                self._registered_model_name,
-                trainer=trainer,
-                mirror=mirror,
-                scores=self._scores,
-                example=self._example,
-                signature=self._model_signature,
-                input_example=self._model_input_example,
-            )
-            export.record_best_model()
+        if final == "FINISHED" and self._best_model is not None:
+            self._best_model.record_best_model(trainer, self._checkpoints.mirror)
         end_stage(self._session, final, self._links)
         self._interrupted = False
 
@@ -420,10 +410,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._saved_config.new_stage()
         self._metrics.set_epoch_end(False)
         self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
-        if trainer.state.fn == "fit":
-            self._scores.start_fit()
-            if self._example is not None:
-                self._example.start_fit()
+        if trainer.state.fn == "fit" and self._best_model is not None:
+            self._best_model.start_fit()
         mute_mlflow_autolog(trainer, self._warn_once)
         self._run.enter_stage(trainer)
 
@@ -435,8 +423,8 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     @rank_zero_only
     def note_train_batch(self, batch: Any) -> None:
-        if self._log_best_model and self._example is not None:
-            self._example.note_batch(batch)
+        if self._best_model is not None:
+            self._best_model.note_train_batch(batch)
 
     def checkpoint_info(self) -> dict[str, str] | None:
         if not self._session.resolved:
