@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from lightning_mlflow_ext import load_checkpoint
+from lightning_mlflow_ext.run.environment import PACKAGES_ARTIFACT
+from lightning_mlflow_ext.run.tags import env_tag
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 STEPS_PER_EPOCH = 8  # TinyData: 64 samples, batch 8
@@ -71,6 +73,10 @@ def test_ddp_fit_then_test_is_one_run_written_by_rank_zero(strategy, mlflow_serv
     assert run.data.params["lr"] == "0.05"
     assert run.data.params["trainer/devices"] == "2"  # MLflowCallback, pickled into ddp_spawn's workers too
     assert run.data.params["trainer/strategy"] in ("DDPStrategy",)
+    # What ran it, recorded by rank 0 once: the whole job's world size (ddp_spawn: from its worker).
+    assert run.data.tags[env_tag("world_size")] == "2"
+    assert run.data.tags[env_tag("strategy")] == run.data.params["trainer/strategy"]
+    assert artifact_files(client, run.info.run_id, "environment") == [PACKAGES_ARTIFACT]
     steps = assert_no_point_twice(client, run.info.run_id)
     # Two processes split each epoch's 8 batches: 4 optimizer steps an epoch, logged once (by rank 0).
     assert sorted(steps["train_loss_step"]) == list(range(2 * STEPS_PER_EPOCH // 2))

@@ -19,6 +19,7 @@ DOCUMENTED = [
     ("lightning_mlflow_ext.pytorch_lightning", "MLflowLogger"),
     ("lightning_mlflow_ext.pytorch_lightning", "MLflowCallback"),
     ("lightning_mlflow_ext.ui", "run_link"),
+    ("lightning_mlflow_ext.optuna", "record_best_trial"),
 ]
 
 

@@ -20,6 +20,7 @@ if logging.getLogger(__name__).level == logging.NOTSET:
 _PUBLIC = {
     "MLflowLogger": "lightning_mlflow_ext.trainer.logger",
     "MLflowCallback": "lightning_mlflow_ext.trainer.callback",
+    "CheckpointUploadPolicy": "lightning_mlflow_ext.trainer.checkpoint_policy",
     "autolog": "lightning_mlflow_ext.trainer.autolog",
     "load_checkpoint": "lightning_mlflow_ext.run.loading",
     "load_model": "lightning_mlflow_ext.run.loading",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from lightning_mlflow_ext.run.loading import load_checkpoint, load_model
     from lightning_mlflow_ext.trainer.autolog import autolog
     from lightning_mlflow_ext.trainer.callback import MLflowCallback
+    from lightning_mlflow_ext.trainer.checkpoint_policy import CheckpointUploadPolicy
     from lightning_mlflow_ext.trainer.logger import MLflowLogger
 
 
@@ -58,6 +60,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CheckpointUploadPolicy",
     "DeletedExperimentError",
     "DeletedRunError",
     "InvalidArtifactPathError",

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
 
@@ -82,6 +82,8 @@ def yield_to_training() -> None:
 #: Local work that turns one upload into the artifact changes it makes (hashing a checkpoint, writing its
 #: metadata file); no network.
 Prepare = Callable[[], list[ArtifactOp]]
+#: Called on the worker once the store holds every change of a job (never for one handed to the journal).
+Stored = Callable[[], None]
 
 
 class ArtifactUploader:
@@ -107,7 +109,7 @@ class ArtifactUploader:
         self.staging = staging
         self._hand_off = hand_off
         self._retry_delays = retry_delays
-        self._jobs: deque[tuple[str, Prepare]] = deque()  # guarded by _cond
+        self._jobs: deque[tuple[str, Prepare, Stored | None]] = deque()  # guarded by _cond
         self._cond = threading.Condition()
         # Jobs are counted (queued, done) by the worker under _cond; its thread lowers its own CPU priority.
         self._worker = BackgroundWorker(f"mlflow-uploads-{run_id[:8]}", self._run, self._cond)
@@ -122,34 +124,62 @@ class ArtifactUploader:
 
     # ---- training-thread side ----------------------------------------------------------------
 
-    def submit(self, description: str, prepare: Prepare) -> None:
-        """Queue a change: ``prepare`` runs on the worker and returns the artifact changes to make."""
+    def submit(self, description: str, prepare: Prepare, on_stored: Stored | None = None) -> None:
+        """Queue a change: ``prepare`` runs on the worker and returns the artifact changes to make; ``on_stored``
+        is called (on the worker) once the store holds them all."""
         with self._cond:
-            self._jobs.append((description, prepare))
+            self._jobs.append((description, prepare, on_stored))
             self._worker.add(1)
             self._cond.notify_all()
 
-    def upload_with_metadata(self, local: Path, artifact_dir: str, metadata: dict[str, Any]) -> None:
+    def upload_with_metadata(
+        self,
+        local: Path,
+        artifact_dir: str,
+        metadata: dict[str, Any],
+        *,
+        rewrite: Callable[[Path], Path] | None = None,
+        skip: Callable[[Path], str | None] | None = None,
+        on_stored: Stored | None = None,
+    ) -> None:
         """Upload a snapshot unless the run already holds the same bytes there, then a metadata JSON beside it
-        (with the file's sha256). ``metadata`` is copied: the caller may change its own dict at once."""
+        (with the file's sha256 and size). ``metadata`` is copied: the caller may change its own dict at once.
+
+        On the worker, before hashing: ``rewrite(snapshot)`` may make another staged file of the same name to
+        upload instead (the snapshot is then removed); ``skip(file)`` may give a reason not to upload it, which
+        the metadata JSON records as ``skipped``. ``on_stored`` is called once the store holds the file.
+        """
         artifact_path = f"{artifact_dir}/{local.name}"
         metadata = dict(metadata)
 
         def prepare() -> list[ArtifactOp]:
-            digest = sha256_of(local)
+            upload = local
+            if rewrite is not None:
+                upload = rewrite(local)
+                if upload != local:
+                    remove_staged(local)
+            metadata["size"] = upload.stat().st_size
+            reason = skip(upload) if skip is not None else None
+            if reason is not None:
+                remove_staged(upload)
+                with self._cond:
+                    self._uploaded.pop(artifact_path, None)
+                skipped = {**metadata, "skipped": reason}
+                return [self._stage_text(json.dumps(skipped, indent=2), artifact_path + ".json")]
+            digest = sha256_of(upload)
             metadata["sha256"] = digest
             ops: list[ArtifactOp] = []
             with self._cond:
                 unchanged = self._uploaded.get(artifact_path) == digest
                 self._uploaded[artifact_path] = digest
             if unchanged:
-                remove_staged(local)
+                remove_staged(upload)
             else:
-                ops.append(ArtifactOp("put", str(local), artifact_dir))
+                ops.append(ArtifactOp("put", str(upload), artifact_dir))
             ops.append(self._stage_text(json.dumps(metadata, indent=2), artifact_path + ".json"))
             return ops
 
-        self.submit(f"upload {artifact_path}", prepare)
+        self.submit(f"upload {artifact_path}", prepare, on_stored)
 
     def forget_upload(self, artifact_path: str) -> None:
         """The artifact was removed from the run: the next file there is uploaded whatever its bytes."""
@@ -279,7 +309,7 @@ class ArtifactUploader:
             jobs = list(self._jobs)
             self._jobs.clear()
             self._worker.count_done(len(jobs))
-        for description, job in jobs:
+        for description, job, _ in jobs:  # handed to the journal: never "stored" here
             try:
                 ops.extend(job())
             except Exception as exc:
@@ -298,54 +328,58 @@ class ArtifactUploader:
                 if not self._jobs:
                     self._worker.retire()  # idle, or parked with nothing left: the next submit starts a new worker
                     return
-                description, job = self._jobs.popleft()
+                description, job, on_stored = self._jobs.popleft()
             try:
                 ops = job()  # local work: a change still here when park() takes over is handed over below
                 with self._cond:
                     self._current = ops
-                self._make(ops)
+                if self._make(ops) and on_stored is not None:
+                    on_stored()
             except Exception as exc:  # local work failed (a file gone, a full disk): the ones after it go on
                 log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
                 with self._cond:
                     self._report.failed.append(f"{description}: {exc}")
             self._worker.mark_done(1)
 
-    def _make(self, ops: list[ArtifactOp]) -> None:
+    def _make(self, ops: list[ArtifactOp]) -> bool:
         """Make ``ops`` in order (``_current`` already holds them); hand what is left to the writer once one
-        cannot be made."""
+        cannot be made. True when the store holds them all."""
+        stored = True
         for index, op in enumerate(ops):
             with self._cond:
                 if self._abandoned:  # park() handed the rest over meanwhile
                     self._abandoned = False
                     self._current = []
-                    return
+                    return False
                 self._current = ops[index:]
-            applied = not (self._handing_off or self._parked.is_set()) and self._apply(op)
+            outcome = "handed_off" if self._handing_off or self._parked.is_set() else self._apply(op)
             with self._cond:
                 self._current = []
                 if self._abandoned:  # park() handed this over meanwhile
                     self._abandoned = False
-                    return
-            if not applied:
+                    return False
+            if outcome == "handed_off":
                 self._hand_off(ops[index:])
-                return
+                return False
+            stored = stored and outcome == "stored"
+        return stored
 
-    def _apply(self, op: ArtifactOp) -> bool:
-        """Make one change, retrying transient faults; False when it must go to the writer instead."""
+    def _apply(self, op: ArtifactOp) -> Literal["stored", "refused", "handed_off"]:
+        """Make one change, retrying transient faults: stored, refused for good, or to go to the writer."""
         backoff = Backoff(self._retry_delays, self._parked, self._retry_now)
         while True:
             try:
                 self._artifacts.apply(op)
-                return True
+                return "stored"
             except Exception as raw:
                 fault = classify_exception(self._artifacts.tracking_uri, raw)
             if fault.fault is Fault.ONE_RECORD:
                 log.warning("MLflow run %s: could not %s: %s", self._run_id, op.describe(), fault)
                 with self._cond:
                     self._report.failed.append(f"{op.describe()}: {fault}")
-                return True  # refused for good: nothing to keep
+                return "refused"  # for good: nothing to keep
             if fault.fault is not Fault.TRANSIENT:
                 self._handing_off = True  # the writer says what happened, once, and journals the rest
-                return False
+                return "handed_off"
             if self._parked.is_set() or not backoff.wait(fault):
-                return False
+                return "handed_off"

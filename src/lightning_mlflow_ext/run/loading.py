@@ -15,7 +15,12 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from lightning_mlflow_ext.errors import LightningMLflowError, RunNotFoundError
 from lightning_mlflow_ext.run.downloads import download_to_cache
-from lightning_mlflow_ext.run.tags import CHECKPOINT_TAG_PREFIX, CHECKPOINTS_ROOT, parse_checkpoint_tag
+from lightning_mlflow_ext.run.tags import (
+    CHECKPOINT_TAG_PREFIX,
+    CHECKPOINTS_ROOT,
+    CHECKPOINTS_SKIPPED_TAG,
+    parse_checkpoint_tag,
+)
 from lightning_mlflow_ext.run.tracking import refusals_explained, resolve_tracking_uri
 from lightning_mlflow_ext.values.urls import strip_url_credentials
 
@@ -65,8 +70,21 @@ def checkpoint_artifact_of(run: Run, which: str = "best", callback: str | None =
     """The artifact path of ``run``'s ``"best"`` or ``"latest"`` checkpoint (or ``which`` itself, a path).
 
     ``"best"`` is the best checkpoint of the one monitored ``ModelCheckpoint`` (periodic ones, which monitor
-    nothing, are left out when a monitored one exists); several monitored callbacks need ``callback=``.
+    nothing, are left out when a monitored one exists); several monitored callbacks need ``callback=``. A
+    checkpoint the logger's ``log_model_options`` kept out of the run (``max_size``) raises, saying why.
     """
+    artifact = _tagged_artifact(run, which, callback)
+    for line in run.data.tags.get(CHECKPOINTS_SKIPPED_TAG, "").splitlines():
+        path, _, why = line.partition(": ")
+        if path == artifact:
+            raise LightningMLflowError(
+                f"Run {run.info.run_id}'s checkpoint {artifact} was not uploaded: {why}. "
+                "It may still be on the training machine's disk."
+            )
+    return artifact
+
+
+def _tagged_artifact(run: Run, which: str, callback: str | None) -> str:
     if which not in ("best", "latest"):
         return which
     run_id = run.info.run_id

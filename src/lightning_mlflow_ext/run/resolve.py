@@ -1,8 +1,10 @@
 """Which run a training writes into: an explicit id, the active run, ``MLFLOW_RUN_ID``, the run a checkpoint was
 trained in, else a new one; found and checked here.
 
-Nothing here changes a run it finds. The one side effect is :meth:`RunResolver.create`, when a new run is the
-answer (with its experiment, when that does not exist yet).
+A child (``parent_run_id``, or a trial of a sweep) is always a new run: the active run or ``MLFLOW_RUN_ID`` is
+then its parent, never the run itself. Nothing here changes a run it finds. The one side effect is
+:meth:`RunResolver.create`, when a new run is the answer (with its experiment, and a sweep's parent run, when
+they do not exist yet).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lightning_mlflow_ext.errors import (
 )
 from lightning_mlflow_ext.run.heartbeat import heartbeat, heartbeat_stopped
 from lightning_mlflow_ext.run.provenance import current_code_tags, new_run_tags
+from lightning_mlflow_ext.run.sweeps import Sweep, find_or_create_parent
 from lightning_mlflow_ext.run.tags import HEARTBEAT_TAG, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, OWNER, OWNER_TAG
 
 log = logging.getLogger(__name__)
@@ -48,14 +51,20 @@ class RunRequest:
     parent_run_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     artifact_location: str | None = None
+    sweep: Sweep | None = None  # a trial of this sweep: a child of the sweep's parent run
 
-    def tags_for_found(self) -> dict[str, str]:
-        """What a run found elsewhere gets of this request: its tags, name and parent (a new run is created
-        with them)."""
+    @property
+    def new_child(self) -> bool:
+        """A new run under a parent: the active run or ``MLFLOW_RUN_ID`` is its parent, not the run to log into."""
+        return self.parent_run_id is not None or self.sweep is not None
+
+    def tags_for_found(self, run_id: str) -> dict[str, str]:
+        """What a run found elsewhere (``run_id``) gets of this request: its tags, name and parent (a new run is
+        created with them). Never itself as its parent."""
         tags = dict(self.tags)
         if self.run_name:
             tags[MLFLOW_RUN_NAME] = self.run_name
-        if self.parent_run_id:
+        if self.parent_run_id and self.parent_run_id != run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         return tags
 
@@ -66,6 +75,7 @@ class FoundRun:
 
     run: Run
     origin: Origin
+    sweep_parent: Run | None = None  # a trial's: the sweep's parent run (found, or created with it)
 
     @property
     def status(self) -> str:
@@ -114,12 +124,29 @@ class RunResolver:
                 "With fit(ckpt_path='last') and several processes, name the run (run_id=, MLFLOW_RUN_ID) or "
                 "give the ModelCheckpoint a dirpath, so every rank finds the same last checkpoint."
             )
-        return FoundRun(self.create(request), "created")
+        return self.create(request)
 
     def find(self, request: RunRequest, checkpoint_run_id: str | None) -> FoundRun | None:
         """The first that applies: explicit ``run_id`` -> active run -> ``MLFLOW_RUN_ID`` -> the checkpoint's."""
         if request.run_id:
+            if request.run_id == request.parent_run_id:
+                raise LightningMLflowError(
+                    f"run_id and parent_run_id are the same run ({request.run_id}): a run cannot be its own "
+                    "parent. Pass parent_run_id alone to log into a new child run of it, or run_id alone to log "
+                    "into the run itself."
+                )
             return FoundRun(self.existing_run(request.run_id, "run_id"), "run_id")
+        if not request.new_child:
+            found = self.active_or_env_run()
+            if found is not None:
+                return found
+        if checkpoint_run_id:
+            run = self.checkpoint_run(checkpoint_run_id)
+            return None if run is None else FoundRun(run, "checkpoint")
+        return None
+
+    def active_or_env_run(self) -> FoundRun | None:
+        """The active run (if it is in this store), else the run ``MLFLOW_RUN_ID`` names, else None."""
         active = mlflow.active_run()
         if active is not None:
             try:
@@ -136,9 +163,6 @@ class RunResolver:
         env_run_id = os.environ.get("MLFLOW_RUN_ID")
         if env_run_id:
             return FoundRun(self.existing_run(env_run_id, "MLFLOW_RUN_ID"), "env_run_id")
-        if checkpoint_run_id:
-            run = self.checkpoint_run(checkpoint_run_id)
-            return None if run is None else FoundRun(run, "checkpoint")
         return None
 
     def checkpoint_run(self, run_id: str) -> Run | None:
@@ -185,24 +209,58 @@ class RunResolver:
 
     # ---- the one place a run is created ---------------------------------------------------------
 
-    def create(self, request: RunRequest) -> Run:
-        """A new run, owned by this package, with the code's git tags and MLflow's run context."""
+    def create(self, request: RunRequest) -> FoundRun:
+        """A new run, owned by this package, with the code's git tags and MLflow's run context; a child of
+        ``parent_run_id``, or for a sweep's trial, of the active run, ``MLFLOW_RUN_ID``'s run, else the sweep's
+        own parent run (found by its key, or created)."""
+        parent = self._parent_of_new_run(request)
         # The git calls (subprocesses) run while the experiment is looked up on the server: both mostly wait.
         with ThreadPoolExecutor(1, thread_name_prefix="mlflow-code-state") as pool:
             code = pool.submit(current_code_tags)
-            experiment_id = self._experiment_for_new_run(request)
+            experiment_id = self._experiment_for_new_run(request, parent)
             code_tags = code.result()
-        tags = dict(request.tags)
+        sweep = request.sweep
+        if sweep is not None and parent is None:
+            parent = find_or_create_parent(
+                self._client,
+                experiment_id,
+                sweep,
+                lambda: self._create_run(experiment_id, sweep.name, sweep.parent_tags, None, code_tags),
+            )
+        tags = dict(sweep.trial_tags if sweep is not None else {}) | dict(request.tags)
+        run = self._create_run(experiment_id, request.run_name, tags, parent, code_tags)
+        return FoundRun(run, "created", sweep_parent=parent if sweep is not None else None)
+
+    def _parent_of_new_run(self, request: RunRequest) -> Run | None:
+        if request.parent_run_id:
+            return self.existing_run(request.parent_run_id, "parent_run_id")
+        if request.sweep is not None:
+            found = self.active_or_env_run()
+            return None if found is None else found.run
+        return None
+
+    def _create_run(
+        self,
+        experiment_id: str,
+        run_name: str | None,
+        tags: Mapping[str, str],
+        parent: Run | None,
+        code_tags: Mapping[str, str],
+    ) -> Run:
+        """The one place a run is created."""
+        tags = dict(tags)
         tags[OWNER_TAG] = OWNER
         tags[HEARTBEAT_TAG] = heartbeat()
-        if request.parent_run_id:
-            self.existing_run(request.parent_run_id, "parent_run_id")
-            tags[MLFLOW_PARENT_RUN_ID] = request.parent_run_id
-        return self._client.create_run(experiment_id, run_name=request.run_name, tags=new_run_tags(tags, code_tags))
+        if parent is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
+        return self._client.create_run(experiment_id, run_name=run_name, tags=new_run_tags(tags, code_tags))
 
-    def _experiment_for_new_run(self, request: RunRequest) -> str:
-        """The id of the experiment a new run goes into (``experiment_name`` -> ``MLFLOW_EXPERIMENT_NAME`` ->
-        ``MLFLOW_EXPERIMENT_ID`` -> ``"lightning_logs"``), created if missing: only ever called by create()."""
+    def _experiment_for_new_run(self, request: RunRequest, parent: Run | None) -> str:
+        """The id of the experiment a new run goes into (``experiment_name`` -> its parent's (MLflow's UI shows
+        a child under its parent only there) -> ``MLFLOW_EXPERIMENT_NAME`` -> ``MLFLOW_EXPERIMENT_ID`` ->
+        ``"lightning_logs"``), created if missing: only ever called by create()."""
+        if not request.experiment_name and parent is not None:
+            return str(parent.info.experiment_id)
         name = request.experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
         if not name and os.environ.get("MLFLOW_EXPERIMENT_ID"):
             return os.environ["MLFLOW_EXPERIMENT_ID"]

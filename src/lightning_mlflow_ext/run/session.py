@@ -28,6 +28,7 @@ from lightning_mlflow_ext.run.heartbeat import heartbeat
 from lightning_mlflow_ext.run.lifecycle import FinalStatus, Lifecycle
 from lightning_mlflow_ext.run.provenance import code_change_files, missing_code_tags
 from lightning_mlflow_ext.run.resolve import FoundRun, Origin, RunRequest, RunResolver
+from lightning_mlflow_ext.run.sweeps import Sweep, SweepParent, owns_parent, remember
 from lightning_mlflow_ext.run.tags import HEARTBEAT_TAG, RELEASED
 from lightning_mlflow_ext.run.tracking import probe_server, refusals_explained
 
@@ -58,6 +59,7 @@ class RunSession:
     _initial_tags: dict[str, str]
     _writer: RunWriter | None
     _uploader: ArtifactUploader | None
+    _sweep_parent: SweepParent | None
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class RunSession:
         flush_timeout: float = 60.0,
         may_create: Callable[[], bool] = _always,
         end_run: bool | None = None,
+        sweep: Sweep | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.save_dir = save_dir
@@ -85,6 +88,7 @@ class RunSession:
             parent_run_id=parent_run_id,
             tags=dict(tags or {}),
             artifact_location=artifact_location,
+            sweep=sweep,
         )
         self._flush_timeout = flush_timeout
         self._synchronous = synchronous
@@ -189,6 +193,7 @@ class RunSession:
     def _forget_run(self) -> None:
         """Drop everything tied to the current run; the next use resolves (or creates) a run again."""
         self._writer = self._uploader = None
+        self._sweep_parent = None
         self._run_id = self._run_name = self._experiment_id = self._resolved_experiment_name = None
         self._logged_params = None
         self._artifact_uri = None
@@ -234,11 +239,35 @@ class RunSession:
                 self.uploader.upload_text(text, path)
             self._life.created()
             self._track()
+            if found.sweep_parent is not None:
+                self._open_sweep_parent(found.sweep_parent)
         else:
             self._initial_tags = dict(found.run.data.tags)
             self._attach(found)
         if has_journal(self.save_dir, found.run.info.run_id):
             _ = self.writer  # an earlier process left undelivered writes: replay them now
+
+    def _open_sweep_parent(self, parent: Run) -> None:
+        """The sweep's parent, through a session of its own: one this package created is RUNNING while this
+        trial is; the user's own run (the active run, ``MLFLOW_RUN_ID``'s) is left as it is."""
+        owned = owns_parent(parent)
+        session = RunSession(
+            self.tracking_uri,
+            run_id=parent.info.run_id,
+            synchronous=self._synchronous,
+            server_wait=self._server_wait,
+            save_dir=self.save_dir,
+            flush_timeout=self._flush_timeout,
+            end_run=True if owned else None,
+        )
+        self._sweep_parent = SweepParent(parent.info.run_id, session, owned=owned)
+        remember(self._sweep_parent)
+        self._sweep_parent.trial_started()
+
+    @property
+    def sweep_parent_id(self) -> str | None:
+        """The run id of the sweep's parent, when this run is a trial this session created."""
+        return None if self._sweep_parent is None else self._sweep_parent.run_id
 
     def _set_identity(self, run: Run, origin: Origin | None) -> None:
         self._run_id = run.info.run_id
@@ -262,7 +291,7 @@ class RunSession:
             tags[HEARTBEAT_TAG] = heartbeat()
         self._track()  # a pipeline step that fails ends the run (nobody else will)
         tags.update(missing_code_tags(found.run.data.tags))
-        self.set_tags(tags | self._request.tags_for_found())
+        self.set_tags(tags | self._request.tags_for_found(found.run.info.run_id))
 
     def resume_from_checkpoint(self, run_id: str) -> None:
         """A fit resumes from a checkpoint trained in ``run_id``: continue that run, not a new one.
@@ -293,6 +322,8 @@ class RunSession:
             self._uploader.flush(self._flush_timeout)
         self.client.set_terminated(fresh, "KILLED")  # in the trash, it must not look like a live run
         self.client.delete_run(fresh)
+        if self._sweep_parent is not None:
+            self._sweep_parent.trial_ended("FINISHED", self._flush_timeout)  # the checkpoint's run has its own
         self._forget_run()
 
     # ---- writes -----------------------------------------------------------------------------
@@ -331,6 +362,8 @@ class RunSession:
         with self._lock:
             if self._life.start_stage():
                 self.writer.set_status("RUNNING")
+                if self._sweep_parent is not None:
+                    self._sweep_parent.trial_started()
             elif self._writer is not None:
                 self._writer.set_heartbeat(True)
             self._track()
@@ -408,6 +441,8 @@ class RunSession:
                 self.writer.set_heartbeat(False)
                 self.writer.set_tags([(HEARTBEAT_TAG, RELEASED)])
             self._track()
+        if self._sweep_parent is not None:
+            self._sweep_parent.trial_ended(status, max(deadline - time.monotonic(), PARK_RESERVE_S), at_exit=at_exit)
         if self._writer is None:
             return DeliveryReport()
         # The whole end waits at most the timeout: the uploads, the flush, then parking what is left in the journal.
@@ -423,6 +458,7 @@ class RunSession:
         state["_resolver"] = None
         state["_writer"] = None
         state["_uploader"] = None
+        state["_sweep_parent"] = None  # the process that created the trial keeps the parent's status
         state["_lock"] = None
         state["_life"] = copy(self._life)  # the copy's transitions are its own
         return state

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_mlflow_ext.run.tags import PARTIAL_TAG
+from lightning_mlflow_ext.trainer.checkpoint_budget import CheckpointBudget
+from lightning_mlflow_ext.trainer.checkpoint_policy import CheckpointUploadPolicy
 from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror, SaveLog
 from lightning_mlflow_ext.trainer.namespaces import model_checkpoint_types
 
@@ -18,14 +20,24 @@ if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lightning_mlflow_ext.run.session import FinalStatus, RunSession
+    from lightning_mlflow_ext.warn_once import WarnOnce
 
 
 class CheckpointUploads:
-    """The ``log_model`` policy of one logger, and the mirror it keeps (made at the first upload)."""
+    """The ``log_model`` policy of one logger (with its ``log_model_options``), and the mirror it keeps (made at
+    the first upload)."""
 
-    def __init__(self, session: RunSession, log_model: bool | Literal["all"]) -> None:
+    def __init__(
+        self,
+        session: RunSession,
+        log_model: bool | Literal["all"],
+        options: CheckpointUploadPolicy,
+        warn_once: WarnOnce,
+    ) -> None:
         self._session = session
         self._log_model = log_model
+        self._options = options
+        self._warn_once = warn_once
         self._mirror: CheckpointMirror | None = None
         self._dataset_digests: dict[str, str] = {}  # split -> digest, recorded in each checkpoint's metadata
         self._saves = SaveLog()  # the epoch and step of each file, noted when it is saved
@@ -57,7 +69,12 @@ class CheckpointUploads:
 
     def _mirror_checkpoints(self, callbacks: list[ModelCheckpoint], trainer: pl.Trainer | None) -> None:
         if self._mirror is None:
-            self._mirror = CheckpointMirror(self._session.uploader, self._session.set_tags)
+            budget = (
+                CheckpointBudget(self._options, self._session.set_tags, self._warn_once)
+                if self._options.changes_uploads
+                else None
+            )
+            self._mirror = CheckpointMirror(self._session.uploader, self._session.set_tags, budget)
         for callback in callbacks:
             self._mirror.sync(callback, self._saves, dataset_digests=dict(self._dataset_digests))
 

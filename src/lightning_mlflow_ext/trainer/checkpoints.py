@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.delivery.uploader import ArtifactUploader, snapshot
 from lightning_mlflow_ext.run.tags import CHECKPOINTS_ROOT, checkpoint_tag
+from lightning_mlflow_ext.trainer.checkpoint_budget import CheckpointBudget, file_identity
 from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
 
 if TYPE_CHECKING:
@@ -78,11 +79,13 @@ class MirroredFile:
 
 
 class CheckpointMirror:
-    """What of each callback's files is in the run, and the jobs that keep it in step."""
+    """What of each callback's files is in the run, and the jobs that keep it in step (within ``budget``, the
+    logger's ``log_model_options``, when one is given)."""
 
-    def __init__(self, uploader: ArtifactUploader, set_tags: Any) -> None:
+    def __init__(self, uploader: ArtifactUploader, set_tags: Any, budget: CheckpointBudget | None = None) -> None:
         self._uploader = uploader
         self._set_tags = set_tags
+        self._budget = budget
         self._keys: dict[str, str] = {}  # callback identity -> key
         self._files: dict[str, MirroredFile] = {}  # local path -> what is in the run
 
@@ -104,8 +107,12 @@ class CheckpointMirror:
         wanted = {
             path for path in [*callback.best_k_models, callback.last_model_path, callback.best_model_path] if path
         }
+        budget = self._budget
+        if budget is not None:
+            # Before any upload is queued: a file whose upload lands is removed only if Lightning no longer needs it.
+            budget.still_needed(key, [callback.best_model_path, callback.last_model_path])
         for path in sorted(wanted):
-            if not os.path.exists(path):
+            if not os.path.exists(path) or (budget is not None and budget.policy.excludes(path, callback.dirpath)):
                 continue
             stat = os.stat(path)
             current = (stat.st_mtime_ns, stat.st_size)
@@ -128,9 +135,14 @@ class CheckpointMirror:
                 "saved_at": int(time.time() * 1000),
                 "stale": False,
             }
-            self._files[path] = MirroredFile(f"{artifact_dir}/{os.path.basename(path)}", current, metadata)
+            artifact_path = f"{artifact_dir}/{os.path.basename(path)}"
+            self._files[path] = MirroredFile(artifact_path, current, metadata)
+            identity = file_identity(path)
             staged = snapshot(path, self._uploader.staging, link=True)
-            self._uploader.upload_with_metadata(staged, artifact_dir, metadata)
+            rules = {} if budget is None else budget.upload_rules(path, artifact_path, identity)
+            if budget is not None and budget.policy.weights_only:
+                metadata["weights_only"] = True
+            self._uploader.upload_with_metadata(staged, artifact_dir, metadata, **rules)
         folder = f"{CHECKPOINTS_ROOT}/{key}/"
         for path in [p for p, f in self._files.items() if p not in wanted and f.artifact_path.startswith(folder)]:
             if os.path.exists(path):

@@ -23,18 +23,22 @@ from lightning_mlflow_ext.run.models import save_trained_model
 from lightning_mlflow_ext.run.session import RunSession
 from lightning_mlflow_ext.run.tracking import local_store_path, resolve_tracking_uri
 from lightning_mlflow_ext.trainer.best_model import BestModelExport
+from lightning_mlflow_ext.trainer.checkpoint_policy import CheckpointUploadPolicy
 from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
+from lightning_mlflow_ext.trainer.environment import EnvironmentRecorder
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
 from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, sigterm_exception_types
+from lightning_mlflow_ext.trainer.norms import NormRecorder, NormsOption
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
 from lightning_mlflow_ext.trainer.resume import RunContinuity
 from lightning_mlflow_ext.trainer.run_notice import RunLinks
 from lightning_mlflow_ext.trainer.saved_config import SavedConfig
 from lightning_mlflow_ext.trainer.stages import NO_BRIDGE_WARNING, end_stage, final_status, mute_mlflow_autolog
+from lightning_mlflow_ext.trainer.sweep_trial import TrialRecorder, sweep_trial
 from lightning_mlflow_ext.values.axes import StepAxis
 from lightning_mlflow_ext.values.redaction import Redactor, RedactPatterns
 from lightning_mlflow_ext.warn_once import WarnOnce
@@ -83,11 +87,19 @@ class MLflowLogger(FollowsNamespace, Logger):
         log_model: Lightning's modes: ``True`` uploads the checkpoints of every ``ModelCheckpoint`` at the end
             of training (and every one as it is saved when ``save_top_k=-1``), ``"all"`` uploads each as it is
             saved, ``False`` none. Uploads run in the background, under ``checkpoints/<callback key>/``.
+        log_model_options: a budget for those uploads, a ``CheckpointUploadPolicy`` (or a dict of its fields):
+            weights-only copies, a size limit, glob patterns left out, local copies removed once stored.
+        log_norms: ``"grad"``, ``"weights"`` or ``"all"``: L2 norms as the metrics ``grad_norm/total`` and
+            ``weight_norm/total``, at the Trainer's ``log_every_n_steps``, read just before each optimizer step
+            (gradients unscaled under AMP, not yet clipped); global rank 0. ``False``: none.
+        norms_per_layer: with ``log_norms``, each parameter's norm too (``grad_norm/<parameter name>``).
         prefix: put in front of every metric key, joined with ``-``.
         artifact_location: artifact root of a newly created experiment.
         run_id: log into this existing run. An unknown id is an error, never a new run.
         synchronous: ``True`` sends every write before returning (debugging); default: in the background.
-        parent_run_id: create the run nested under this run.
+        parent_run_id: log into a new run nested under this run (a trial of your own sweep), also when it is the
+            active run or ``MLFLOW_RUN_ID``'s: that run is the parent, never the run logged into, and is left as
+            it was. The new run goes into the parent's experiment unless ``experiment_name`` is given.
         step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
         server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
         log_best_model: at the end of a successful fit, the best checkpoint's model as an MLflow Model of this
@@ -109,13 +121,29 @@ class MLflowLogger(FollowsNamespace, Logger):
             on top of the built-in ones (password, token, api_key, ...): words matched as whole segments of
             the key (``"wandb_key"``) or regular expressions (``r"^internal/"``); see ``keys.Redactor``.
             A pattern that cannot work raises ValueError here, before any run is touched.
+        trial: an Optuna trial (the ``optuna.Trial`` your objective gets): the run is ``trial-<number>``, a child
+            of the study's parent run (the active run, else one per study name in the experiment, created by the
+            first trial), with the trial's params. A trial pruned by ``optuna.TrialPruned`` (Optuna's pruning
+            callback) ends FINISHED, tagged ``lightning_mlflow_ext.sweep.trial_state=PRUNED``, not FAILED. Add
+            ``lightning_mlflow_ext.optuna.record_best_trial`` to ``study.optimize(callbacks=...)`` for the
+            best trial on the parent. Inside a Hydra multirun job (``-m``) the same happens with no argument:
+            one parent per sweep, a child per job named after its overrides.
         show_run_link: at the end of each fit (validate, test, predict), show the run's link on global rank 0:
             an HTML block in Jupyter, else the line MLflow prints, ``🏃 View run NAME at: URL`` (for a local
             store, with the ``mlflow ui`` command that serves it). Once per run and status. ``False``, or
             MLflow's ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true``, shows none.
+        log_environment: record what ran the run, once, from global rank 0, as ``lightning_mlflow_ext.env.*``
+            tags (Python, torch, CUDA, cuDNN, the NVIDIA driver and GPUs, CPU, memory, host, OS, container,
+            Lightning and MLflow versions, world size, precision, strategy, accelerator, the sha256 of lock files
+            such as ``uv.lock`` or ``requirements.txt``) and the artifact ``environment/packages.txt``. Of the
+            environment variables, only the values of SLURM's job variables and ``CUDA_VISIBLE_DEVICES``
+            (``lightning_mlflow_ext.env.var.<NAME>``), and of the names given here as a list on top of them
+            (``["SLURM_JOB_QOS"]``); a secret-looking name (``MY_API_TOKEN``) raises ValueError. ``False``
+            records none of it.
 
-    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` -> the run a
-    checkpoint being resumed (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
+    Run resolution, first that applies: ``run_id`` -> ``mlflow.active_run()`` -> ``MLFLOW_RUN_ID`` (both skipped
+    for a child run: ``parent_run_id``, a sweep's trial) -> the run a checkpoint being resumed
+    (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
     ends the runs it owns: FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM. A run
     found RUNNING (a ``with mlflow.start_run()`` block, a pipeline step) is left open on success.
     """
@@ -144,21 +172,33 @@ class MLflowLogger(FollowsNamespace, Logger):
         end_run: bool | None = None,
         redact: RedactPatterns | None = None,
         show_run_link: bool = True,
+        log_environment: bool | Sequence[str] = True,
+        log_model_options: CheckpointUploadPolicy | Mapping[str, Any] | None = None,
+        log_norms: NormsOption | Literal[False] = False,
+        norms_per_layer: bool = False,
+        trial: Any = None,
     ) -> None:
         super().__init__()
 
         if log_model not in (True, False, "all"):
             raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
+        upload_policy = CheckpointUploadPolicy.of(log_model_options)
+        if upload_policy.changes_uploads and not log_model:
+            raise ValueError(
+                "log_model_options says how checkpoints are uploaded, but log_model=False uploads none: "
+                "set log_model=True or 'all'"
+            )
         self._redactor = Redactor.of(redact)
         uri = resolve_tracking_uri(tracking_uri)
+        trial_info = sweep_trial(trial)  # trial=, else the Hydra multirun job this process runs
         self._save_dir = os.path.abspath(save_dir or local_store_path(uri) or DEFAULT_SAVE_DIR)
         self._session = RunSession(
             uri,
             experiment_name=experiment_name,
-            run_name=run_name,
+            run_name=run_name or (trial_info.run_name if trial_info else None),
             run_id=run_id,
             parent_run_id=parent_run_id,
-            tags=run_tags(tags, self._redactor),
+            tags=dict(trial_info.tags if trial_info else {}) | run_tags(tags, self._redactor),
             artifact_location=artifact_location,
             synchronous=bool(synchronous),
             server_wait=server_wait,
@@ -166,6 +206,7 @@ class MLflowLogger(FollowsNamespace, Logger):
             flush_timeout=flush_timeout,
             may_create=is_global_rank_zero,
             end_run=end_run,
+            sweep=trial_info.sweep if trial_info else None,
         )
         self._links = RunLinks(show_run_link)
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
@@ -183,13 +224,16 @@ class MLflowLogger(FollowsNamespace, Logger):
             else None
         )
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
+        self._trial = TrialRecorder(self._session, self._hparams, trial_info)
         self._media = MediaRecorder(self._session)
         self._saved_config = SavedConfig(self._media, self._redactor, self._warn_once, self._save_dir)
-        self._checkpoints = CheckpointUploads(self._session, log_model)
+        self._norms = NormRecorder(log_norms, norms_per_layer)
+        self._checkpoints = CheckpointUploads(self._session, log_model, upload_policy, self._warn_once)
         self._compat = CompatWrites(self._session, self._hparams, self._metrics)
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
         )
+        self._environment = EnvironmentRecorder(self._session, log_environment, self._redactor)
         self._trainer: pl.Trainer | None = None
         self._interrupted = False
         self._driven_by_lightning = False  # a Trainer called log_graph: it runs a stage with this logger
@@ -377,6 +421,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._metrics.expect_last_train_step(None)  # also when the fit failed before on_train_end
         if not self._session.resolved:
             return
+        self._environment.record()
         trainer = self._trainer
         if trainer is None and self._driven_by_lightning:
             self._warn_once("no-bridge", NO_BRIDGE_WARNING)
@@ -384,9 +429,10 @@ class MLflowLogger(FollowsNamespace, Logger):
             self._run.fit_ended()
         self._metrics.warn_repeated()
         self._metrics.send_axis_tags()
-        final = final_status(status, self._interrupted)
+        pruned = self._trial.pruned
+        final = self._trial.stage_ended(final_status(status, self._interrupted))
         self._checkpoints.finish(trainer, final)
-        if final == "FINISHED" and self._best_model is not None:
+        if final == "FINISHED" and self._best_model is not None and not pruned:
             self._best_model.record_best_model(trainer, self._checkpoints.mirror)
         end_stage(self._session, final, self._links)
         self._interrupted = False
@@ -414,9 +460,13 @@ class MLflowLogger(FollowsNamespace, Logger):
             self._best_model.start_fit()
         mute_mlflow_autolog(trainer, self._warn_once)
         self._run.enter_stage(trainer)
+        if trainer.global_rank == 0:
+            self._environment.start(trainer)
+            self._trial.stage_started()
 
     def set_epoch_end(self, at_epoch_end: bool, *, epoch_axis_allowed: bool = True) -> None:
         self._metrics.set_epoch_end(at_epoch_end, epoch_axis_allowed=epoch_axis_allowed)
+        self._environment.record_when_ready()  # every batch: one check, until it is recorded
 
     def expect_last_train_step(self, step: int | None) -> None:
         self._metrics.expect_last_train_step(step)
@@ -438,8 +488,14 @@ class MLflowLogger(FollowsNamespace, Logger):
     def config_saved(self, filename: str, inputs: Sequence[str]) -> None:
         self._saved_config.take(filename, inputs, lambda: self.log_dir)
 
+    def before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        norms = self._norms.read(trainer, pl_module)
+        if norms:
+            self.log_metrics(norms, step=trainer.global_step)
+
     def note_exception(self, exception: BaseException) -> None:
         self._interrupted = isinstance(exception, (KeyboardInterrupt, *sigterm_exception_types()))
+        self._trial.note_exception(exception)
 
     # ---- a copy in another process (ddp_spawn) -------------------------------------------------
 

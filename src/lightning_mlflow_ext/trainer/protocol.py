@@ -42,5 +42,8 @@ class TrainerHooks(Protocol):
         """Lightning's ``SaveConfigCallback`` has written ``filename`` into ``Trainer.log_dir`` (this logger's
         ``save_dir``, as the Trainer's first logger); ``inputs`` are the config files the CLI read."""
 
+    def before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The gradients of this step are final (unscaled, not yet clipped or applied): a chance to read them."""
+
     def note_exception(self, exception: BaseException) -> None:
         """The stage stops on ``exception``: the run ends FAILED, or KILLED on Ctrl-C / SIGTERM."""
