@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow import MlflowClient
@@ -25,6 +26,17 @@ class WorseAtTheEnd(TinyModel):
 
     def validation_step(self, batch, batch_idx):
         self.log("val_loss", self._loss(batch) + (10.0 if self.current_epoch == 1 else 0.0))
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory) -> str:
+    # One store for the module (each test has its own run): creating a SQLite store is most of a test's time.
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
+@pytest.fixture(params=["sqlite", "server"], ids=["sqlite", "server"])
+def tracking_uri(request, sqlite_store) -> str:
+    return sqlite_store if request.param == "sqlite" else request.getfixturevalue("mlflow_server").uri
 
 
 def fit_best(uri: str, experiment: str, tmp_path: Path, monitor: str = "val_loss", mode: str = "min", **options):
@@ -75,8 +87,10 @@ def test_best_model_has_a_signature_an_input_example_and_its_checkpoints_scores(
         assert loaded(torch.from_numpy(example)).shape == (2, 1)
 
 
-def test_without_signature_or_input_example_when_asked_and_scores_sent_after_the_save(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_without_signature_or_input_example_when_asked_and_scores_sent_after_the_save(
+    sqlite_store, tmp_path, monkeypatch
+):
+    uri = sqlite_store
     # mode="max" on a falling loss: the best is the first epoch's. Saved at the end of a training epoch, before
     # Lightning hands the logger that epoch's train_loss_epoch: linked to the point sent just after the save.
     logger = fit_best(
