@@ -116,7 +116,7 @@ def test_best_model_is_logged_in_the_runs_experiment_and_registered_as_best(
         model.tags["lightning_mlflow_ext.checkpoint"]
         == f"checkpoints/val_loss/{os.path.basename(callback.best_model_path)}"
     )
-    assert "val_loss" in model.params
+    assert "val_loss" in {metric.key for metric in model.metrics} and "val_loss" not in model.params
     version = client.get_model_version_by_alias(name, "best")
     assert version.run_id == logger.run_id
     assert run.data.tags["lightning_mlflow_ext.registered_model"] == f"{name}@best"

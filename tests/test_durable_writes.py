@@ -174,16 +174,19 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     assert expected["texts"]["tables/progress.json"]["data"] == [[0, 0.05], [1, 0.05], [2, 0.05]]
     assert expected["models"] and expected["models"][0]["status"] == "READY", expected["models"]
     assert expected["models"][0]["in the run's tag"] and expected["models"][0]["versions"] == [("1", ["best"])]
+    assert "val_loss" in dict(expected["models"][0]["metrics"]), "its scores are linked to it"
     assert got["models"] == expected["models"], "the best model is logged and registered once, as it was"
     assert got["status"] == expected["status"] == "FINISHED"
 
 
 def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_uri, client, experiment_name, tmp_path):
     """A process that died between creating the logged model and storing its files (or registering it) leaves a
-    journaled ``model`` change; replaying it, even twice, completes that model rather than making another."""
+    journaled ``model`` change; replaying it, even twice, completes that model rather than making another, and
+    links its scores (points the run holds) once, leaving the run's history as it was."""
     import shutil
 
     import torch
+    from mlflow.entities import Metric
 
     from lightning_mlflow_ext.delivery.artifact_store import RunArtifacts
     from lightning_mlflow_ext.delivery.logged_models import model_details
@@ -192,18 +195,20 @@ def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_u
 
     experiment_id = client.create_experiment(experiment_name)
     run_id = client.create_run(experiment_id).info.run_id
+    best, last = ("val_loss", 0.25, 1_700_000_000_000, 0), ("val_loss", 0.5, 1_700_000_001_000, 1)
+    client.log_batch(run_id, metrics=[Metric(*best), Metric(*last)])
     saved = tmp_path / "saved" / "model"
-    save_pickled(torch.nn.Linear(2, 1), saved)
+    save_pickled(torch.nn.Linear(2, 1), saved, pip_requirements=["torch"])  # not inferred: a slow subprocess
     name = experiment_name[-20:] + "-m"
     details = model_details(
         change_id="replayed-change", experiment_id=experiment_id, name="best", tags={"k": "v"},
-        params={"val_loss": "0.5"}, model_type="pytorch", run_tag=BEST_MODEL_ID_TAG,
-        registered_model_name=name, alias="best",
+        params={"lr": "0.5"}, model_type="pytorch", run_tag=BEST_MODEL_ID_TAG,
+        registered_model_name=name, alias="best", metrics=[best],
     )  # fmt: skip
     # What the dead process got done: the model exists (PENDING, no files), nothing else.
     client.create_logged_model(
         experiment_id, name="best", source_run_id=run_id, tags={"k": "v", CHANGE_ID_TAG: "replayed-change"},
-        params={"val_loss": "0.5"}, model_type="pytorch",
+        params={"lr": "0.5"}, model_type="pytorch",
     )  # fmt: skip
 
     artifacts = RunArtifacts(client, run_id, tracking_uri)
@@ -216,7 +221,9 @@ def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_u
     models = client.search_logged_models([experiment_id])
     assert len(models) == 1
     model = models[0]
-    assert str(model.status) == "READY" and model.params == {"val_loss": "0.5"} and model.tags["k"] == "v"
+    assert str(model.status) == "READY" and model.params == {"lr": "0.5"} and model.tags["k"] == "v"
+    assert [(m.key, m.value, m.timestamp, m.step) for m in model.metrics] == [best]
+    assert len(client.get_metric_history(run_id, "val_loss")) == 2
     # MLflow 3.2's client lists a logged model's files from the process's tracking URI, whatever its own: the
     # read back is pointed there (the writes above are done).
     with pytest.MonkeyPatch.context() as env:

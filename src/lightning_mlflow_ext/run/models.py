@@ -9,11 +9,12 @@ while the store is unreachable arrives with ``lightning-mlflow sync`` like every
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from importlib.metadata import version
-from inspect import signature
 from types import ModuleType
 from typing import Any
 
@@ -21,7 +22,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from lightning_mlflow_ext.delivery.logged_models import find_logged_model, model_details
-from lightning_mlflow_ext.run.tags import BEST_MODEL_ID_TAG, MODEL_CHECKPOINT_TAG, MODEL_STEP_TAG
+from lightning_mlflow_ext.delivery.records import MetricPoint
+from lightning_mlflow_ext.run.tags import (
+    BEST_MODEL_ID_TAG,
+    MODEL_CHECKPOINT_TAG,
+    MODEL_SERIALIZATION_TAG,
+    MODEL_STEP_TAG,
+)
 
 BEST_ALIAS = "best"
 log = logging.getLogger(__name__)
@@ -44,12 +51,18 @@ def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "lightning", "mlflow")]
 
 
+#: How this package stores a model's module: the whole pickled ``nn.Module`` (``torch.save``), loaded back with
+#: ``mlflow.pytorch.load_model`` as the class it was. Not MLflow 3's ``"pt2"`` default (``torch.export``): that
+#: needs a module ``torch.export`` can trace and a tensor input example, which many Lightning modules are not.
+SERIALIZATION_FORMAT = "pickle"
+
+
 def save_pickled(module: Any, folder: str | os.PathLike[str], **options: Any) -> None:
     """``mlflow.pytorch.save_model`` of the whole pickled module, on every supported MLflow: before 3.11 pickle is
     its only format and it takes no ``serialization_format``."""
     pytorch = mlflow_pytorch()
-    if "serialization_format" in signature(pytorch.save_model).parameters:
-        options["serialization_format"] = "pickle"
+    if "serialization_format" in inspect.signature(pytorch.save_model).parameters:
+        options["serialization_format"] = SERIALIZATION_FORMAT
     pytorch.save_model(module, str(folder), **options)
 
 
@@ -60,19 +73,26 @@ def save_best_model(
     experiment_id: str,
     checkpoint_artifact: str,
     step: int,
-    metrics: dict[str, float],
+    metrics: Sequence[MetricPoint] = (),
+    example: tuple[Any, Any] | None = None,
+    signature: bool = True,
+    input_example: bool = True,
     registered_model_name: str | None = None,
 ) -> dict[str, Any]:
     """Save ``module`` (already loaded from the best checkpoint) as the logged model ``best`` of the run's
     experiment (``save_trained_model``), tagged with its checkpoint, its id in the run's ``best_model_id`` tag,
-    and registered as ``<registered_model_name>@best`` when a name is given."""
+    its scores (``metrics``, points of the run) linked to it, and registered as ``<registered_model_name>@best``
+    when a name is given."""
     return save_trained_model(
         module,
         folder,
         experiment_id=experiment_id,
         name="best",
+        example=example,
+        signature=signature,
+        input_example=input_example,
         tags={MODEL_CHECKPOINT_TAG: checkpoint_artifact, MODEL_STEP_TAG: str(step)},
-        params={key: repr(float(value)) for key, value in metrics.items()},
+        metrics=metrics,
         run_tag=BEST_MODEL_ID_TAG,
         registered_model_name=registered_model_name,
         alias=BEST_ALIAS if registered_model_name else None,
@@ -86,26 +106,39 @@ def save_trained_model(
     experiment_id: str,
     name: str,
     example: tuple[Any, Any] | None = None,
+    signature: bool = True,
+    input_example: bool = False,
     registered_model_name: str | None = None,
     tags: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
+    metrics: Sequence[MetricPoint] = (),
     run_tag: str | None = None,
     alias: str | None = None,
 ) -> dict[str, Any]:
-    """Save ``module`` as it is now as an MLflow Model in ``folder`` (as ``mlflow.pytorch.autolog()`` logs the
-    trained model: with the signature of ``example``, a first ``(input, output)`` pair of tensors, when given)
-    and return what the ``model`` change that logs it as ``name`` carries (``delivery.logged_models``)."""
-    save_pickled(module, folder, pip_requirements=_requirements(), signature=_signature(example))
+    """Save ``module`` as it is now as an MLflow Model in ``folder`` and return what the ``model`` change that
+    logs it as ``name`` carries (``delivery.logged_models``).
+
+    ``example``, a first ``(input, output)`` pair of tensors, gives the model its signature (as
+    ``mlflow.pytorch.autolog()`` logs the trained model; ``signature=False``: none) and, with
+    ``input_example=True``, its input example. ``metrics``: points of the run to link to the model."""
+    save_pickled(
+        module,
+        folder,
+        pip_requirements=_requirements(),
+        signature=_signature(example) if signature else False,  # False: MLflow infers none from the example
+        input_example=_input_example(example) if input_example else None,
+    )
     return model_details(
         change_id=uuid.uuid4().hex,
         experiment_id=experiment_id,
         name=name,
-        tags=tags or {},
+        tags={**(tags or {}), MODEL_SERIALIZATION_TAG: SERIALIZATION_FORMAT},
         params=params or {},
         model_type="pytorch",
         run_tag=run_tag,
         registered_model_name=registered_model_name,
         alias=alias,
+        metrics=metrics,
     )
 
 
@@ -129,4 +162,15 @@ def _signature(example: tuple[Any, Any] | None) -> Any:
         return infer_signature(example[0].cpu().numpy(), example[1].detach().cpu().numpy())
     except Exception as exc:  # an input MLflow cannot describe: the model is logged without a signature
         log.warning("Could not infer the model signature (%s); the model is logged without one.", exc)
+        return None
+
+
+def _input_example(example: tuple[Any, Any] | None) -> Any:
+    """The input of ``example`` as the array MLflow saves as the model's input example."""
+    if example is None:
+        return None
+    try:
+        return example[0].detach().cpu().numpy()
+    except Exception as exc:  # a dtype numpy has not (bfloat16): the model is logged without an input example
+        log.info("The model's input example cannot be saved (%s); the model is logged without one.", exc)
         return None

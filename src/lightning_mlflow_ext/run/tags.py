@@ -39,6 +39,7 @@ __all__ = [
     "MODEL_EPOCH_TAG",
     "MODEL_MONITOR_TAG",
     "MODEL_SCORE_TAG",
+    "MODEL_SERIALIZATION_TAG",
     "MODEL_STEP_TAG",
     "OWNER",
     "OWNER_TAG",
@@ -140,6 +141,8 @@ MODEL_EPOCH_TAG = TAG_PREFIX + "epoch"
 MODEL_CALLBACK_TAG = TAG_PREFIX + "callback"
 MODEL_MONITOR_TAG = TAG_PREFIX + "monitor"
 MODEL_SCORE_TAG = TAG_PREFIX + "score"
+#: On a logged model: how its module is stored (``mlflow.pytorch``'s ``serialization_format``: ``pickle``).
+MODEL_SERIALIZATION_TAG = TAG_PREFIX + "serialization_format"
 
 
 # ---- what ran it (run/environment.py, trainer/environment.py) ---------------------------------------

@@ -109,8 +109,14 @@ class MLflowLogger(FollowsNamespace, Logger):
         step_axis: ``"epoch"`` records epoch-level metrics at step = epoch; ``"global_step"`` is Lightning's way.
         server_wait: seconds to wait for an HTTP tracking server before failing with a clear error.
         log_best_model: at the end of a successful fit, the best checkpoint's model as an MLflow Model of this
-            run (in its experiment), with the checkpoint, step and metrics recorded on it.
+            run (in its experiment, the module pickled: tag ``serialization_format``), with its checkpoint and step
+            as tags and the metrics it was saved with (``val_loss`` of its epoch, ...) linked to it.
         registered_model_name: also register that model under this name, with the alias ``best``.
+        model_signature: give that model a signature: its input, the LightningModule's ``example_input_array``
+            (a tensor) or else the first 2 rows of the first training batch's input (the batch, or its first item
+            when a tuple or list), and its output on that input in eval mode. A model that takes or gives anything
+            but one tensor gets none (one info message).
+        model_input_example: also save that input as the model's input example (``False``: e.g. private data).
         flush_timeout: seconds the end of each stage waits for the store to take every queued write; what it
             has not taken by then stays in the journal under ``save_dir`` (``lightning-mlflow sync``).
         end_run: who ends the run when the work succeeds. ``None``: the runs this logger owns (created, reopened,
@@ -170,6 +176,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         flush_timeout: float = 60.0,
         log_best_model: bool = False,
         registered_model_name: str | None = None,
+        model_signature: bool = True,
+        model_input_example: bool = True,
         end_run: bool | None = None,
         redact: RedactPatterns | None = None,
         show_run_link: bool = True,
@@ -210,12 +218,22 @@ class MLflowLogger(FollowsNamespace, Logger):
             end_run=end_run,
             sweep=trial_info.sweep if trial_info else None,
         )
-        self._log_best_model = log_best_model or registered_model_name is not None
-        self._registered_model_name = registered_model_name
         self._links = RunLinks(show_run_link)
         self._warn_once = WarnOnce(log)  # one for every part: each warning once per logger
         self._metrics = MetricPipeline(self._session, self._warn_once, prefix=prefix, step_axis=step_axis)
         self._summary = FitSummary(self._metrics, self._warn_once)
+        self._best_model = (
+            BestModelExport(
+                self._session,
+                self._warn_once,
+                registered_model_name,
+                self._metrics,
+                signature=model_signature,
+                input_example=model_input_example,
+            )
+            if log_best_model or registered_model_name is not None
+            else None
+        )
         self._hparams = HyperparamRecorder(self._session, self._warn_once, self._redactor)
         self._trial = TrialRecorder(self._session, self._hparams, trial_info)
         self._media = MediaRecorder(self._session)
@@ -392,6 +410,8 @@ class MLflowLogger(FollowsNamespace, Logger):
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         self._checkpoints.after_save(checkpoint_callback, self._trainer)
+        if self._best_model is not None:
+            self._best_model.checkpoint_saved(checkpoint_callback, self._trainer)
 
     @override
     def log_graph(self, model: Any, input_array: Any = None) -> None:
@@ -428,12 +448,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         pruned = self._trial.pruned
         final = self._trial.stage_ended(final_status(status, self._interrupted))
         self._checkpoints.finish(trainer, final)
-        if final == "FINISHED" and self._log_best_model and not pruned:
-            mirror = self._checkpoints.mirror
-            export = BestModelExport(
-                self._session, self._warn_once, self._registered_model_name, trainer=trainer, mirror=mirror
-            )
-            export.record_best_model()
+        if final == "FINISHED" and self._best_model is not None and not pruned:
+            self._best_model.record_best_model(trainer, self._checkpoints.mirror)
         end_stage(self._session, final, self._links)
         self._interrupted = False
 
@@ -457,6 +473,8 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._metrics.set_epoch_end(False)
         self._summary.start(trainer)
         self._run.note_fit(trainer)  # a fit started over: a new run, or one warning
+        if trainer.state.fn == "fit" and self._best_model is not None:
+            self._best_model.start_fit()
         mute_mlflow_autolog(trainer, self._warn_once)
         self._run.enter_stage(trainer)
         if trainer.global_rank == 0:
@@ -475,6 +493,11 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     def fit_progressed(self, trainer: pl.Trainer, moment: FitMoment) -> None:
         self._summary.progressed(trainer, moment)
+
+    @rank_zero_only
+    def note_train_batch(self, batch: Any) -> None:
+        if self._best_model is not None:
+            self._best_model.note_train_batch(batch)
 
     def checkpoint_info(self) -> dict[str, Any] | None:
         if not self._session.resolved:

@@ -53,6 +53,8 @@ class MetricPipeline:
         self.resume_floor: dict[str, int] = {}
         #: Told of every batch of points queued (the checkpoints' logged models link them), when set.
         self.on_points: Callable[[list[MetricPoint], pl.Trainer | None], None] | None = None
+        #: Told of every point sent (``checkpoint_scores``: a checkpoint's scores are points of the run).
+        self.observer: Callable[[list[MetricPoint]], None] | None = None
 
     @property
     def step_axis(self) -> StepAxis:
@@ -107,6 +109,8 @@ class MetricPipeline:
             self._session.log_metrics(points)
             if self.on_points is not None:
                 self.on_points(points, trainer)
+            if self.observer is not None:
+                self.observer(points)
 
     def log_summary(self, metrics: Mapping[str, float], step: int) -> None:
         """Values this package derives (the fit summary: ``trainer/fit_summary.py``), at exactly ``step``: named
@@ -130,6 +134,12 @@ class MetricPipeline:
         if name != key:
             self._warn_once(key, f"Metric {key!r} is not a valid MLflow name; it is recorded as {name!r}.")
         return name
+
+    def recorded_name(self, key: str) -> str | None:
+        """The run's metric name of the logged ``key``; None while no point of it was sent."""
+        if key not in self.keys_seen:
+            return None
+        return self._metric_names.map(f"{self._prefix}{PREFIX_SEPARATOR}{key}" if self._prefix else key)
 
     def _first_time_point(
         self,
