@@ -10,6 +10,8 @@ import logging
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lineage_repos import git_repo
+from mlflow.models import Model
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowCallback, MLflowLogger, load_model
@@ -31,7 +33,10 @@ def _fit_with_datasets(tracking_uri, experiment_name, tmp_path, *, epochs, **log
 def test_each_checkpoint_is_a_ready_logged_model_with_its_metrics_ranked_by_val_loss(
     tracking_uri, client, experiment_name, tmp_path
 ):
-    logger, checkpoint = _fit_with_datasets(tracking_uri, experiment_name, tmp_path, epochs=3, log_model="all")
+    registered = f"reg-{experiment_name}"
+    logger, checkpoint = _fit_with_datasets(
+        tracking_uri, experiment_name, tmp_path, epochs=3, log_model="all", registered_model_name=registered
+    )
     run = client.get_run(logger.run_id)
     val_input = next(i.dataset for i in run.inputs.dataset_inputs if any(t.value == "val" for t in i.tags))
 
@@ -53,6 +58,16 @@ def test_each_checkpoint_is_a_ready_logged_model_with_its_metrics_ranked_by_val_
     outputs = {o.model_id for o in run.outputs.model_outputs}
     assert {m.model_id for m in ranked} < outputs and len(outputs) == 3, "every checkpoint was an output of the run"
     assert len(client.get_metric_history(logger.run_id, "val_loss")) == 3, "linking adds no point to the run"
+
+    # The best checkpoint's own logged model is the best model: registered @best, with a signature; not a third.
+    version = client.get_model_version_by_alias(registered, "best")
+    assert version.source == ranked[0].artifact_location
+    assert run.data.tags["lightning_mlflow_ext.best_model_id"] == ranked[0].model_id
+    files = {a.path for a in client.list_logged_model_artifacts(ranked[0].model_id)}
+    assert {"MLmodel", "input_example.json", ranked[0].tags[MODEL_CHECKPOINT_TAG].rsplit("/", 1)[1]} <= files
+    repository = get_artifact_repository(ranked[0].artifact_location, tracking_uri=tracking_uri)
+    mlmodel = Model.load(repository.download_artifacts("MLmodel", str(tmp_path)))
+    assert mlmodel.signature is not None and mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 8)
 
     best = load_model(TinyModel, f"models:/{ranked[0].model_id}", tracking_uri=tracking_uri)
     local = TinyModel.load_from_checkpoint(checkpoint.best_model_path)

@@ -76,6 +76,14 @@ def model_details(
     }
 
 
+def as_checkpoint_model(details: Mapping[str, Any], checkpoint_change_id: str) -> dict[str, Any]:
+    """``details`` of an MLflow Model (the best model) made into an addition to the logged model a checkpoint's
+    change ``checkpoint_change_id`` made: its files are stored into that model, its tags added, and that model
+    is the one registered. If that model was never made (a store without logged models), one is created. Its
+    metrics are the checkpoint's own (linked with their datasets when it was made): none are linked again."""
+    return {**details, "change_id": checkpoint_change_id, "extends_checkpoint": True, "metrics": []}
+
+
 def without_logged_models(tracking_uri: str) -> bool:
     """Whether ``tracking_uri``'s store already said it has no logged-model API (this process skips them)."""
     return tracking_uri in _WITHOUT_LOGGED_MODELS
@@ -109,7 +117,14 @@ def log_staged_model(client: MlflowClient, run_id: str, folder: Path, details: M
     model = _find_or_create(client, run_id, details)
     _link_metrics(client, run_id, model.model_id, details.get("metrics") or [])
     _link_to_run(client, run_id, model.model_id, int(details.get("step") or 0))
-    if model.status != LoggedModelStatus.READY:
+    if details.get("extends_checkpoint"):  # the best model's files into its checkpoint's model: add, then READY
+        tags = {k: str(v) for k, v in details.get("tags", {}).items() if model.tags.get(k) != str(v)}
+        if tags:
+            client.set_logged_model_tags(model.model_id, tags)
+        _store_files(client, model, folder)
+        if model.status != LoggedModelStatus.READY:
+            model = client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    elif model.status != LoggedModelStatus.READY:
         try:
             _store_files(client, model, folder)
         except Exception:

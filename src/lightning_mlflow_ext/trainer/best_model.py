@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_mlflow_ext.delivery.logged_models import as_checkpoint_model
 from lightning_mlflow_ext.run.models import BEST_ALIAS, save_best_model
 from lightning_mlflow_ext.run.tags import REGISTERED_MODEL_TAG
 from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lightning_mlflow_ext.run.session import RunSession
+    from lightning_mlflow_ext.trainer.checkpoint_models import CheckpointModels
     from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror
     from lightning_mlflow_ext.trainer.metrics import MetricPipeline
     from lightning_mlflow_ext.warn_once import WarnOnce
@@ -82,9 +84,16 @@ class BestModelExport:
 
     # ---- when it ends -------------------------------------------------------------------------------
 
-    def record_best_model(self, trainer: pl.Trainer | None, mirror: CheckpointMirror | None) -> None:
+    def record_best_model(
+        self,
+        trainer: pl.Trainer | None,
+        mirror: CheckpointMirror | None,
+        checkpoint_models: CheckpointModels | None = None,
+    ) -> None:
         """Save the best checkpoint's model for the run's delivery. ``mirror``: set when checkpoints are uploaded
-        (the model then names the run's copy of its checkpoint)."""
+        (the model then names the run's copy of its checkpoint). ``checkpoint_models``: set when each uploaded
+        checkpoint is a logged model; the best checkpoint's own logged model then becomes the best model (its
+        MLflow Model files are added to it, and it is the one registered), rather than a second model."""
         if trainer is None or trainer.state.fn != "fit":
             return
         checkpoints = model_checkpoint_types()
@@ -127,6 +136,9 @@ class BestModelExport:
         except Exception as exc:  # the fit succeeded; a model that could not be saved must not undo that
             log.warning("Could not save the best checkpoint %s as an MLflow Model: %s", best.best_model_path, exc)
             return
+        own = checkpoint_models.change_id_of(best.best_model_path) if checkpoint_models is not None else None
+        if own is not None:
+            details = as_checkpoint_model(details, own)
         # Logged and registered in the background, like every write; the model's id reaches the run's tags then.
         self._session.uploader.log_model(folder, details)
         if self._registered_model_name:

@@ -449,7 +449,7 @@ class MLflowLogger(FollowsNamespace, Logger):
         final = self._trial.stage_ended(final_status(status, self._interrupted))
         self._checkpoints.finish(trainer, final)
         if final == "FINISHED" and self._best_model is not None and not pruned:
-            self._best_model.record_best_model(trainer, self._checkpoints.mirror)
+            self._best_model.record_best_model(trainer, self._checkpoints.mirror, self._checkpoints.models)
         end_stage(self._session, final, self._links)
         self._interrupted = False
 
