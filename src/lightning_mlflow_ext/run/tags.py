@@ -23,6 +23,15 @@ __all__ = [
     "ENV_TAG_PREFIX",
     "ENV_VARIABLE_TAG_PREFIX",
     "EPOCH_AXIS_KEYS_TAG",
+    "FAILURE_EPOCH_TAG",
+    "FAILURE_EXCEPTION_TAG",
+    "FAILURE_KIND_TAG",
+    "FAILURE_LAST_HEARTBEAT_TAG",
+    "FAILURE_MESSAGE_TAG",
+    "FAILURE_OUTPUT_FILE",
+    "FAILURE_STEP_TAG",
+    "FAILURE_TAG_PREFIX",
+    "FAILURE_TRACEBACK_FILE",
     "GIT_TAG_PREFIX",
     "HEARTBEAT_TAG",
     "LINEAGE_CHANGED_TAG",
@@ -82,6 +91,22 @@ OWNER = "lightning-mlflow-ext"
 HEARTBEAT_TAG = TAG_PREFIX + "heartbeat"
 #: The heartbeat of a run a process left RUNNING on purpose, for the next step of a pipeline.
 RELEASED = "released"
+
+# ---- why a run failed (run/forensics.py) ------------------------------------------------------------
+FAILURE_TAG_PREFIX = TAG_PREFIX + "failure."
+#: exception | cuda_oom | interrupted | terminated | heartbeat_stopped
+FAILURE_KIND_TAG = FAILURE_TAG_PREFIX + "kind"
+#: The exception's type (``RuntimeError``, ``torch.OutOfMemoryError``) and message (secrets hidden, cut to the limit).
+FAILURE_EXCEPTION_TAG = FAILURE_TAG_PREFIX + "exception"
+FAILURE_MESSAGE_TAG = FAILURE_TAG_PREFIX + "message"
+#: The Trainer's global step and epoch when the exception was raised.
+FAILURE_STEP_TAG = FAILURE_TAG_PREFIX + "global_step"
+FAILURE_EPOCH_TAG = FAILURE_TAG_PREFIX + "epoch"
+#: On a run closed by ``lightning-mlflow runs close-stale``: when its writer's heartbeat was last renewed.
+FAILURE_LAST_HEARTBEAT_TAG = FAILURE_TAG_PREFIX + "last_heartbeat"
+#: The artifacts of a failure: the traceback, and the process's last output lines.
+FAILURE_TRACEBACK_FILE = "failure/traceback.txt"
+FAILURE_OUTPUT_FILE = "failure/output_tail.txt"
 
 # ---- how metrics were recorded ----------------------------------------------------------------------
 STEP_AXIS_TAG = TAG_PREFIX + "step_axis"

@@ -28,11 +28,12 @@ from lightning_mlflow_ext.trainer.checkpoint_uploads import CheckpointUploads
 from lightning_mlflow_ext.trainer.compat_writes import CompatWrites
 from lightning_mlflow_ext.trainer.distributed import is_global_rank_zero
 from lightning_mlflow_ext.trainer.environment import EnvironmentRecorder
+from lightning_mlflow_ext.trainer.failures import FailureForensics
 from lightning_mlflow_ext.trainer.fit_summary import STATE_KEY, FitMoment, FitSummary
 from lightning_mlflow_ext.trainer.hyperparams import HyperparamRecorder, changed_data_tags, lineage_tags, run_tags
 from lightning_mlflow_ext.trainer.media import MediaRecorder
 from lightning_mlflow_ext.trainer.metrics import MetricPipeline
-from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace, sigterm_exception_types
+from lightning_mlflow_ext.trainer.namespaces import FollowsNamespace
 from lightning_mlflow_ext.trainer.norms import NormRecorder, NormsOption
 from lightning_mlflow_ext.trainer.protocol import CHECKPOINT_KEY
 from lightning_mlflow_ext.trainer.resume import RunContinuity
@@ -249,8 +250,8 @@ class MLflowLogger(FollowsNamespace, Logger):
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
         )
         self._environment = EnvironmentRecorder(self._session, log_environment, self._redactor)
+        self._failures = FailureForensics(self._session, self._redactor)
         self._trainer: pl.Trainer | None = None
-        self._interrupted = False
         self._driven_by_lightning = False  # a Trainer called log_graph: it runs a stage with this logger
 
     # ---- identity -------------------------------------------------------------------------
@@ -434,8 +435,13 @@ class MLflowLogger(FollowsNamespace, Logger):
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         self._metrics.expect_last_train_step(None)  # also when the fit failed before on_train_end
-        if not self._session.resolved:
-            return
+        try:
+            if self._session.resolved:
+                self._end_stage(status)
+        finally:
+            self._failures.stop()
+
+    def _end_stage(self, status: str) -> None:
         self._environment.record()
         trainer = self._trainer
         if trainer is None and self._driven_by_lightning:
@@ -446,18 +452,19 @@ class MLflowLogger(FollowsNamespace, Logger):
         self._metrics.warn_repeated()
         self._metrics.send_axis_tags()
         pruned = self._trial.pruned
-        final = self._trial.stage_ended(final_status(status, self._interrupted))
+        final = self._trial.stage_ended(final_status(status, self._failures.interrupted))
+        self._failures.record(final)  # the exception, traceback and last output, ahead of the final status
         self._checkpoints.finish(trainer, final)
         if final == "FINISHED" and self._best_model is not None and not pruned:
             self._best_model.record_best_model(trainer, self._checkpoints.mirror, self._checkpoints.models)
         end_stage(self._session, final, self._links)
-        self._interrupted = False
 
     # ---- without a Trainer (a pipeline step that does not train) --------------------------------
 
     def __enter__(self) -> MLflowLogger:
         """``with MLflowLogger(...) as logger:`` records into the run and ends the block the way a fit ends:
         the run's status follows the block (an exception: FAILED, Ctrl-C: KILLED), ``end_run`` applies."""
+        self._failures.watch()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -469,6 +476,7 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     def bind_trainer(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
+        self._failures.watch()
         self._saved_config.new_stage()
         self._metrics.set_epoch_end(False)
         self._summary.start(trainer)
@@ -524,7 +532,7 @@ class MLflowLogger(FollowsNamespace, Logger):
             self.log_metrics(norms, step=trainer.global_step)
 
     def note_exception(self, exception: BaseException) -> None:
-        self._interrupted = isinstance(exception, (KeyboardInterrupt, *sigterm_exception_types()))
+        self._failures.note(exception, self._trainer)
         self._trial.note_exception(exception)
 
     # ---- a copy in another process (ddp_spawn) -------------------------------------------------
