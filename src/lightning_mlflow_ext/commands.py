@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
 
 from mlflow import MlflowClient
 
@@ -80,6 +82,51 @@ def _deliver_journal(journal: Journal, tracking_uri: str | None, timeout: float)
     return True
 
 
+def _close_stale(args: argparse.Namespace) -> int:
+    from lightning_mlflow_ext.run.stale_runs import close_stale_run, running_runs, still_stale
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    if args.experiment is not None:
+        experiment = client.get_experiment_by_name(args.experiment)
+        if experiment is None:
+            print(f"lightning-mlflow runs close-stale: no experiment {args.experiment!r} at {uri}", file=sys.stderr)
+            return 2
+        experiments = {experiment.experiment_id: experiment.name}
+    else:
+        experiments = {e.experiment_id: e.name for e in client.search_experiments(max_results=50_000)}
+    runs = running_runs(client, list(experiments))
+    verb, closed, failed = ("would close" if args.dry_run else "closed"), 0, 0
+    for run, listed in runs.stale:
+        info = run.info
+        beat = listed if args.dry_run else still_stale(client, info.run_id)
+        if beat is None:
+            print(f"left     {info.run_id} ({info.run_name}): taken up again since it was listed")
+            continue
+        if not args.dry_run:
+            message = close_stale_run(client, uri, run, beat, save_dir=".", timeout=args.timeout).undelivered_message(
+                info.run_id
+            )
+            if message:
+                failed += 1
+                print(message, file=sys.stderr)
+        closed += 1
+        stopped = datetime.fromtimestamp(beat.written).isoformat(sep=" ", timespec="seconds")
+        print(
+            f"{verb} {info.run_id} ({info.run_name}) in {experiments[info.experiment_id]!r} as KILLED: its heartbeat "
+            f"stopped at {stopped} ({beat.host} pid {beat.pid})"
+        )
+    for run, beat in runs.live:
+        age = max(time.time() - beat.written, 0.0)
+        alive = f"alive, heartbeat {age:.0f} s ago, {beat.host} pid {beat.pid}"
+        print(f"left     {run.info.run_id} ({run.info.run_name}): {alive}")
+    print(
+        f"{closed} stale runs {verb}; left alone: {len(runs.live)} live, {len(runs.released)} left open for a "
+        f"pipeline's next step, {len(runs.not_ours)} without a lightning-mlflow-ext heartbeat (not ours)"
+    )
+    return 1 if failed else 0
+
+
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
@@ -115,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", default=None, help="default: the store the journal was written for")
     sync.add_argument("--timeout", type=float, default=120.0, help="seconds to keep retrying (default 120)")
     sync.set_defaults(func=_sync)
+    runs = commands.add_parser("runs", help="act on the runs of a tracking store")
+    run_commands = runs.add_subparsers(dest="runs_command", required=True)
+    close_stale = run_commands.add_parser(
+        "close-stale",
+        help="end as KILLED the RUNNING runs whose process died without ending them (SIGKILL, the OOM killer, a "
+        "time limit), as their heartbeat shows; live runs and runs of other tools are left alone",
+    )
+    close_stale.add_argument("--experiment", default=None, help="only this experiment (default: every experiment)")
+    close_stale.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else ./mlflow.db")
+    close_stale.add_argument("--dry-run", action="store_true", help="print what would be closed, change nothing")
+    close_stale.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the store per run")
+    close_stale.set_defaults(func=_close_stale)
     lineage = commands.add_parser(
         "lineage", help="print, as JSON, the fingerprint and dataset source a run would record for a data path"
     )

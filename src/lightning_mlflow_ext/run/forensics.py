@@ -61,7 +61,7 @@ def is_cuda_oom(exception: BaseException) -> bool:
     current: BaseException | None = exception
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch") for cls in type(current).__mro__):
+        if any(c.__name__ == "OutOfMemoryError" and c.__module__.startswith("torch") for c in type(current).mro()):
             return True
         if isinstance(current, RuntimeError) and _CUDA_OOM_MESSAGE in str(current):
             return True
@@ -89,7 +89,8 @@ def failure_tags(failure: Failure, hide: TextRedactor) -> dict[str, str]:
     tags = {FAILURE_KIND_TAG: failure.kind, FAILURE_EXCEPTION_TAG: _type_name(failure.exception)}
     message = str(failure.exception).strip()
     if message:
-        tags[FAILURE_MESSAGE_TAG] = truncate_value(hide(message), MAX_TAG_VALUE, f", whole in {FAILURE_TRACEBACK_FILE}")[0]
+        note = f", whole in {FAILURE_TRACEBACK_FILE}"
+        tags[FAILURE_MESSAGE_TAG] = truncate_value(hide(message), MAX_TAG_VALUE, note)[0]
     if failure.global_step is not None:
         tags[FAILURE_STEP_TAG] = str(failure.global_step)
     if failure.epoch is not None:
@@ -100,9 +101,8 @@ def failure_tags(failure: Failure, hide: TextRedactor) -> dict[str, str]:
 def failure_files(failure: Failure, output_tail: str | None, hide: TextRedactor) -> dict[str, str]:
     """Artifact path -> text: the traceback (with its causes), and the output tail when it was captured."""
     exception = failure.exception
-    files = {
-        FAILURE_TRACEBACK_FILE: hide("".join(traceback.format_exception(type(exception), exception, exception.__traceback__)))
-    }
+    lines = traceback.format_exception(type(exception), exception, exception.__traceback__)
+    files = {FAILURE_TRACEBACK_FILE: hide("".join(lines))}
     if output_tail:
         files[FAILURE_OUTPUT_FILE] = hide(output_tail)
     return files
@@ -119,4 +119,5 @@ def record_failure(session: RunSession, failure: Failure, output_tail: str | Non
 def stale_run_tags(beat: Heartbeat) -> dict[str, str]:
     """The tags of a run ended because its writer's heartbeat stopped: the kind and the last heartbeat's time."""
     written = datetime.fromtimestamp(beat.written, tz=timezone.utc).isoformat(timespec="seconds")
-    return {FAILURE_KIND_TAG: "heartbeat_stopped", FAILURE_LAST_HEARTBEAT_TAG: f"{written} ({beat.host} pid {beat.pid})"}
+    last = f"{written} ({beat.host} pid {beat.pid})"
+    return {FAILURE_KIND_TAG: "heartbeat_stopped", FAILURE_LAST_HEARTBEAT_TAG: last}

@@ -75,7 +75,7 @@ class TeeStream:
 
 
 class _Capture:
-    """The one capture of this process: which streams were replaced, and how many holders it has."""
+    """The one capture of this process: the streams it replaced, in ``sys`` and in logging handlers."""
 
     def __init__(self) -> None:
         self.ring = _Ring()
@@ -84,14 +84,14 @@ class _Capture:
         for name in _STREAMS:
             current = getattr(sys, name, None)
             if current is not None:  # pythonw and some embedders have no stream at all
-                self.tees[name] = tee = TeeStream(current, self.ring)
-                setattr(sys, name, tee)
+                self.tees[name] = TeeStream(current, self.ring)
+                setattr(sys, name, self.tees[name])
         by_stream = {id(tee.original): tee for tee in self.tees.values()}
         for handler in _stream_handlers():
-            tee = by_stream.get(id(handler.stream))
-            if tee is not None:
-                handler.setStream(tee)  # type: ignore[arg-type]
-                self.handlers.append((handler, tee))
+            replacing = by_stream.get(id(handler.stream))
+            if replacing is not None:
+                handler.setStream(replacing)
+                self.handlers.append((handler, replacing))
 
     def remove(self) -> None:
         for name, tee in self.tees.items():
