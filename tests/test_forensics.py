@@ -17,8 +17,9 @@ from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import MLflowLogger
 from lightning_mlflow_ext.commands import main
-from lightning_mlflow_ext.run.forensics import failure_kind
+from lightning_mlflow_ext.run.forensics import Failure, failure_kind, failure_tags
 from lightning_mlflow_ext.run.heartbeat import heartbeat
+from lightning_mlflow_ext.run.output_tail import OutputTail
 from lightning_mlflow_ext.run.tags import (
     FAILURE_EPOCH_TAG,
     FAILURE_EXCEPTION_TAG,
@@ -28,8 +29,11 @@ from lightning_mlflow_ext.run.tags import (
     FAILURE_STEP_TAG,
     FAILURE_TAG_PREFIX,
     HEARTBEAT_TAG,
+    MAX_TAG_VALUE,
     RELEASED,
 )
+from lightning_mlflow_ext.values.redaction import Redactor
+from lightning_mlflow_ext.values.secret_text import TextRedactor, secret_values
 
 # The store behaves the same for all of this: failure records are ordinary tags and artifacts.
 sqlite_only = pytest.mark.parametrize("tracking_uri", ["sqlite"], indirect=True)
@@ -52,7 +56,7 @@ class Chatty(TinyModel):
         return super().training_step(batch, batch_idx)
 
 
-def failure_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
+def tags_of(client: MlflowClient, run_id: str) -> dict[str, str]:
     return {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith(FAILURE_TAG_PREFIX)}
 
 
@@ -74,7 +78,7 @@ def test_a_failed_fit_records_its_exception_traceback_step_and_last_output(
     assert (sys.stdout, sys.stderr) == streams  # put back as they were
     assert "chatty step 3" in capsys.readouterr().out  # pytest's capture still got every line
     assert client.get_run(logger.run_id).info.status == "FAILED"
-    assert failure_tags(client, logger.run_id) == {
+    assert tags_of(client, logger.run_id) == {
         FAILURE_KIND_TAG: "exception",
         FAILURE_EXCEPTION_TAG: "RuntimeError",
         FAILURE_MESSAGE_TAG: "cannot reach postgres://db/x with password=[redacted]",
@@ -97,7 +101,7 @@ def test_a_cuda_out_of_memory_error_is_named_as_such(tracking_uri, client, exper
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     with pytest.raises(torch.cuda.OutOfMemoryError):
         make_trainer(logger).fit(Chatty(raise_at=1, error=oom), TinyData(n_train=16))
-    tags = failure_tags(client, logger.run_id)
+    tags = tags_of(client, logger.run_id)
     assert client.get_run(logger.run_id).info.status == "FAILED"
     assert tags[FAILURE_KIND_TAG] == "cuda_oom"
     assert tags[FAILURE_EXCEPTION_TAG].endswith("OutOfMemoryError")
@@ -123,7 +127,7 @@ def test_ctrl_c_ends_the_run_killed_and_says_interrupted(tracking_uri, client, e
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
         make_trainer(logger).fit(Chatty(raise_at=2, error=KeyboardInterrupt()), TinyData(n_train=16))
     assert client.get_run(logger.run_id).info.status == "KILLED"
-    assert failure_tags(client, logger.run_id) == {
+    assert tags_of(client, logger.run_id) == {
         FAILURE_KIND_TAG: "interrupted",
         FAILURE_EXCEPTION_TAG: "KeyboardInterrupt",
         FAILURE_STEP_TAG: "2",
@@ -139,8 +143,56 @@ def test_a_successful_fit_records_no_failure(tracking_uri, client, experiment_na
     make_trainer(logger, max_epochs=1).fit(Chatty(raise_at=-1), TinyData(n_train=16))
     assert (sys.stdout, sys.stderr) == streams
     assert client.get_run(logger.run_id).info.status == "FINISHED"
-    assert failure_tags(client, logger.run_id) == {}
+    assert tags_of(client, logger.run_id) == {}
     assert client.list_artifacts(logger.run_id, "failure") == []
+
+
+def test_secrets_are_hidden_in_text_by_assignment_url_header_and_environment():
+    environ = {"MLFLOW_TRACKING_TOKEN": "tok-123456", "WANDB_KEY": "wb-987654", "PWD": "/home/me/project"}
+    hide = TextRedactor(Redactor.of("wandb_key"), secret_values(environ, Redactor.of("wandb_key")))
+    assert hide("password=hunter2 max_tokens=5 tokenizer: bert") == "password=[redacted] max_tokens=5 tokenizer: bert"
+    assert hide("""{"api_key": "a b", 'db_pwd': 'x'}""") == """{"api_key": "[redacted]", 'db_pwd': '[redacted]'}"""
+    assert hide("-H 'Authorization: Bearer eyJhbGciOi.x.y'") == "-H 'Authorization: [redacted]'"
+    assert hide("GET https://me:pw@host/x, tok-123456 wb-987654") == "GET https://host/x, [redacted] [redacted]"
+    assert hide('File "/home/me/project/train.py", line 3') == 'File "/home/me/project/train.py", line 3'  # PWD
+
+
+def test_a_long_message_is_cut_to_the_tag_limit_and_points_at_the_traceback():
+    failure = Failure(ValueError("x" * 20_000), "exception")
+    message = failure_tags(failure, TextRedactor())[FAILURE_MESSAGE_TAG]
+    assert len(message) == MAX_TAG_VALUE and message.endswith("chars, whole in failure/traceback.txt]")
+
+
+def test_output_capture_is_shared_and_never_takes_away_a_stream_put_on_top(capsys):
+    ours, streams = OutputTail(), (sys.stdout, sys.stderr)
+    other = OutputTail()
+    ours.start()
+    other.start()
+    print("kept for both")
+    other.stop()  # the capture stays: ours still holds it
+    print("kept for ours", file=sys.stderr)
+    assert ours.tail() == "kept for both\nkept for ours\n"
+    on_top = sys.stdout = _Collect(sys.stdout)  # e.g. a user's redirect_stdout, or another tool's tee
+    ours.stop()
+    assert sys.stdout is on_top and sys.stderr is streams[1]  # left in place; the stream below forwards, unrecorded
+    print("still delivered")
+    sys.stdout = streams[0]
+    assert on_top.text == "still delivered\n" and "still delivered" in capsys.readouterr().out
+    assert ours.tail() is None
+
+
+class _Collect:
+    """A stream put on top of ``below``: keeps what it is given, and hands it on."""
+
+    def __init__(self, below) -> None:
+        self.below, self.text = below, ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return self.below.write(text)
+
+    def flush(self) -> None:
+        self.below.flush()
 
 
 def running_run(client: MlflowClient, experiment_id: str, name: str, beat: str | None) -> str:

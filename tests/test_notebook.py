@@ -16,6 +16,7 @@ import nbformat
 from mlflow import MlflowClient
 from nbclient import NotebookClient
 
+from lightning_mlflow_ext.run.tags import FAILURE_KIND_TAG, FAILURE_STEP_TAG
 from lightning_mlflow_ext.ui import run_link, ui_command
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "notebook.ipynb"
@@ -108,6 +109,13 @@ def test_example_notebook_runs_in_a_kernel_and_leaves_every_run_ended(tmp_path, 
     # The failed fit's run holds its params, and what it logged before it raised (step 1; it raised at step 3).
     assert runs[3].data.params == first.data.params
     assert [point.step for point in client.get_metric_history(runs[3].info.run_id, "train_loss")] == [1]
+    # ... and why it failed, as the kernel ran it: the traceback, and the output of the cell's fit.
+    assert runs[3].data.tags[FAILURE_KIND_TAG] == "exception"
+    assert runs[3].data.tags[FAILURE_STEP_TAG] == "3"
+    failure = Path(client.download_artifacts(runs[3].info.run_id, "failure", str(tmp_path / "failure")))
+    assert "simulated failure in training step 3" in (failure / "traceback.txt").read_text()
+    assert (failure / "output_tail.txt").exists()
+    assert not [run for run in runs if run is not runs[3] and FAILURE_KIND_TAG in run.data.tags]
 
     # Each fit showed one block, with no helper: the run's name, its status, its link, and the command that
     # serves the link for this local store (text/plain: the terminal line). Nothing of it went to stdout.

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import DeletedExperimentError, MLflowLogger, RunNotFoundError
-from lightning_mlflow_ext.run.tags import OWNER_TAG
+from lightning_mlflow_ext.run.tags import FAILURE_KIND_TAG, OWNER_TAG
 
 
 def runs_in(client: MlflowClient, experiment_name: str) -> list[mlflow.entities.Run]:
@@ -252,8 +252,11 @@ def test_uncaught_exception_in_a_script_leaves_the_run_failed(tracking_uri, clie
     )
     assert done.returncode != 0
     assert "boom" in done.stderr
-    run = client.get_run(printed_run_id(done.stdout))
+    run_id = printed_run_id(done.stdout)
+    assert done.stdout == f"{run_id}\n"  # RUN_ID=$(python step.py) gets the run id and nothing else
+    run = client.get_run(run_id)
     assert run.info.status == "FAILED"
+    assert run.data.tags[FAILURE_KIND_TAG] == "exception"
 
 
 def test_sigterm_marks_the_run_killed(tracking_uri, client, experiment_name, tmp_path):
@@ -278,6 +281,7 @@ def test_sigterm_marks_the_run_killed(tracking_uri, client, experiment_name, tmp
     assert "Received SIGTERM" in done.stderr  # Lightning ends the process with SystemExit
     run = client.get_run(printed_run_id(done.stdout))
     assert run.info.status == "KILLED"
+    assert run.data.tags[FAILURE_KIND_TAG] == "terminated"  # a scheduler's preemption or time limit
     assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) >= 3
 
 

@@ -99,11 +99,12 @@ def failure_tags(failure: Failure, hide: TextRedactor) -> dict[str, str]:
 
 
 def failure_files(failure: Failure, output_tail: str | None, hide: TextRedactor) -> dict[str, str]:
-    """Artifact path -> text: the traceback (with its causes), and the output tail when it was captured."""
+    """Artifact path -> text: the traceback (with its causes), and the output tail when output was kept (even
+    empty: the process wrote nothing)."""
     exception = failure.exception
     lines = traceback.format_exception(type(exception), exception, exception.__traceback__)
     files = {FAILURE_TRACEBACK_FILE: hide("".join(lines))}
-    if output_tail:
+    if output_tail is not None:
         files[FAILURE_OUTPUT_FILE] = hide(output_tail)
     return files
 

@@ -29,11 +29,12 @@ class FailureForensics:
         self._redactor = redactor
         self._output = OutputTail()
         self._failure: Failure | None = None
+        self._interrupted = False
 
     @property
     def interrupted(self) -> bool:
         """The stage stopped on Ctrl-C or SIGTERM: the run ends KILLED, not FAILED."""
-        return self._failure is not None and self._failure.kind in ("interrupted", "terminated")
+        return self._interrupted
 
     def watch(self) -> None:
         """A stage starts: keep the process's output from now on (global rank 0, the rank that writes)."""
@@ -41,20 +42,20 @@ class FailureForensics:
             self._output.start()
 
     def note(self, exception: BaseException, trainer: pl.Trainer | None) -> None:
-        """The stage stops on ``exception`` (every rank: it decides the final status), at the trainer's step."""
-        terminated = isinstance(exception, sigterm_exception_types())
-        self._failure = Failure(
-            exception,
-            failure_kind(exception, terminated=terminated),
-            global_step=None if trainer is None else int(trainer.global_step),
-            epoch=None if trainer is None else int(trainer.current_epoch),
-        )
+        """The stage stops on ``exception``, at the trainer's step. Every rank learns whether it was interrupted;
+        only global rank 0, which records it, keeps the exception (its traceback holds the stage's tensors)."""
+        kind = failure_kind(exception, terminated=isinstance(exception, sigterm_exception_types()))
+        self._interrupted = kind in ("interrupted", "terminated")
+        if is_global_rank_zero():
+            step = None if trainer is None else int(trainer.global_step)
+            epoch = None if trainer is None else int(trainer.current_epoch)
+            self._failure = Failure(exception, kind, global_step=step, epoch=epoch)
 
     def record(self, final: FinalStatus) -> None:
         """The stage ends ``final``: unless it succeeded, queue the noted failure into the run, ahead of the final
         status. A failure is recorded once."""
         failure, self._failure = self._failure, None
-        if final == "FINISHED" or failure is None or not self._session.resolved or not is_global_rank_zero():
+        if final == "FINISHED" or failure is None or not self._session.resolved:
             return
         try:
             record_failure(self._session, failure, self._output.tail(), self._redactor)
@@ -63,5 +64,5 @@ class FailureForensics:
 
     def stop(self) -> None:
         """The stage is over: stop keeping output (the streams are restored when nothing else keeps it)."""
-        self._failure = None
+        self._failure, self._interrupted = None, False
         self._output.stop()

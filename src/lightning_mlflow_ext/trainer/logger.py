@@ -155,7 +155,9 @@ class MLflowLogger(FollowsNamespace, Logger):
     for a child run: ``parent_run_id``, a sweep's trial) -> the run a checkpoint being resumed
     (``fit(ckpt_path=...)``, SLURM requeue) was trained in -> a new run. The logger
     ends the runs it owns: FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM. A run
-    found RUNNING (a ``with mlflow.start_run()`` block, a pipeline step) is left open on success.
+    found RUNNING (a ``with mlflow.start_run()`` block, a pipeline step) is left open on success. A stage that
+    fails records why in the run: ``lightning_mlflow_ext.failure.*`` tags (kind, exception, message, step, epoch),
+    and ``failure/traceback.txt`` and ``failure/output_tail.txt`` (its last 200 lines of output), secrets hidden.
     """
 
     def __init__(
