@@ -36,7 +36,8 @@ _STREAMS = ("stdout", "stderr")
 
 class _Ring:
     """The last `KEEP_WRITES` writes. No lock and no character count: a bounded deque's append is atomic, and
-    this runs on every write of the process (a lock and a count made a ``print`` three times as slow)."""
+    this runs on every write of the process (a lock and a count made a ``print`` three times as slow; as it is,
+    a one-line ``print`` costs about 1 µs more, measured on a shared 2-core machine)."""
 
     def __init__(self) -> None:
         self.writes: deque[str] = deque(maxlen=KEEP_WRITES)
@@ -44,7 +45,7 @@ class _Ring:
     def tail(self, lines: int) -> str:
         """The last ``lines`` lines, each as a terminal would show it (a progress bar's ``\\r`` rewrites kept
         as their last state)."""
-        text = "".join(list(self.writes))  # list(): a copy taken at once, while other threads write
+        text = "".join(self.writes.copy())  # copied at once (in C): other threads may be writing
         kept = text.split("\n")
         if kept[-1] == "":
             kept.pop()
@@ -151,10 +152,6 @@ class OutputTail:
     def __init__(self) -> None:
         self._ring: _Ring | None = None
         self._release: weakref.finalize[Any, OutputTail] | None = None
-
-    @property
-    def capturing(self) -> bool:
-        return self._ring is not None
 
     def start(self) -> None:
         """Keep the process's output from now on (a second call while capturing does nothing)."""
