@@ -35,8 +35,17 @@ from lightning_mlflow_ext.run.tags import (
 from lightning_mlflow_ext.values.redaction import Redactor
 from lightning_mlflow_ext.values.secret_text import TextRedactor, secret_values
 
-# The store behaves the same for all of this: failure records are ordinary tags and artifacts.
-sqlite_only = pytest.mark.parametrize("tracking_uri", ["sqlite"], indirect=True)
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One embedded SQLite store for the module (creating one takes seconds; each test has its own experiment).
+    A server stores failure records as it stores any tag and artifact."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri)
 
 TRACKING_PASSWORD = "s3cr3t-from-the-environment"
 
@@ -64,7 +73,6 @@ def artifact_text(client: MlflowClient, run_id: str, path: str, tmp_path: Path) 
     return Path(client.download_artifacts(run_id, path, str(tmp_path / "downloads"))).read_text()
 
 
-@sqlite_only
 def test_a_failed_fit_records_its_exception_traceback_step_and_last_output(
     tracking_uri, client, experiment_name, tmp_path, monkeypatch, capsys
 ):
@@ -95,7 +103,6 @@ def test_a_failed_fit_records_its_exception_traceback_step_and_last_output(
     assert "hunter2" not in tail and TRACKING_PASSWORD not in tail
 
 
-@sqlite_only
 def test_a_cuda_out_of_memory_error_is_named_as_such(tracking_uri, client, experiment_name):
     logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -121,7 +128,6 @@ def test_cuda_out_of_memory_is_recognised_by_its_message_and_as_a_cause():
     assert failure_kind(KeyboardInterrupt()) == "interrupted"
 
 
-@sqlite_only
 def test_ctrl_c_ends_the_run_killed_and_says_interrupted(tracking_uri, client, experiment_name, tmp_path):
     logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
@@ -136,7 +142,6 @@ def test_ctrl_c_ends_the_run_killed_and_says_interrupted(tracking_uri, client, e
     assert "KeyboardInterrupt" in artifact_text(client, logger.run_id, "failure/traceback.txt", tmp_path)
 
 
-@sqlite_only
 def test_a_successful_fit_records_no_failure(tracking_uri, client, experiment_name):
     streams = sys.stdout, sys.stderr
     logger = MLflowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri)
@@ -200,7 +205,6 @@ def running_run(client: MlflowClient, experiment_id: str, name: str, beat: str |
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
-@sqlite_only
 def test_close_stale_ends_the_runs_whose_process_died_and_leaves_every_other_alone(
     tracking_uri, client, experiment_name, tmp_path, capsys
 ):

@@ -25,8 +25,10 @@ from typing import Any, TextIO
 
 __all__ = ["TAIL_LINES", "OutputTail", "TeeStream"]
 
-#: How many lines of output a failure record keeps.
+#: How many lines of output a failure record keeps...
 TAIL_LINES = 200
+#: ... and at most this many characters of them (the last ones): what a failure record scans for secrets.
+TAIL_CHARS = 256 * 1024
 #: The ring holds the last this many writes (a ``print`` of one line is at least two: the text, then ``"\n"``)...
 KEEP_WRITES = 4096
 #: ... each cut to its last this many characters: at most 8 M characters are held, whatever the output rate.
@@ -49,7 +51,8 @@ class _Ring:
         kept = text.split("\n")
         if kept[-1] == "":
             kept.pop()
-        return "".join(line.rstrip("\r").rsplit("\r", 1)[-1] + "\n" for line in kept[-lines:])
+        tail = "".join(line.rstrip("\r").rsplit("\r", 1)[-1] + "\n" for line in kept[-lines:])
+        return tail[-TAIL_CHARS:]
 
 
 class TeeStream:

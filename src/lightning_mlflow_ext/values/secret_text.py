@@ -17,12 +17,15 @@ __all__ = ["TextRedactor", "secret_values"]
 
 # key, then "=" or ":" (the key may close a quote: "password": ...), then a value: quoted, or up to what ends a
 # word in code, JSON, a URL query or a command line. An HTTP auth scheme word goes with the credential after it.
+# A key starts a word and every part is bounded: the text can be long (a process's output), and an unbounded part
+# would be scanned again from every character of a long word (quadratic time).
 _ASSIGNMENT = re.compile(
-    r"""(?P<key>[A-Za-z_][\w.\-]*)(?P<sep>["']?\s*[:=]\s*)"""
-    r"""(?P<value>(?:(?:Bearer|Basic|Token|Digest)\s+)?(?:"[^"\n]*"|'[^'\n]*'|[^\s"',;&)}\]]+))"""
+    r"""(?<!\w)(?P<key>[A-Za-z_][\w.\-]{0,99})(?P<sep>["']?[ \t]{0,8}[:=][ \t]{0,8})"""
+    r"""(?P<value>(?:(?:Bearer|Basic|Token|Digest) {1,8})?"""
+    r"""(?:"[^"\n]{0,4000}"|'[^'\n]{0,4000}'|[^\s"',;&)}\]]{1,4000}))"""
 )
 # A credential after an auth scheme anywhere ("... -H 'Authorization: Bearer abc'", a printed header dict).
-_AUTH_SCHEME = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+(?P<value>[A-Za-z0-9._~+/=\-]{8,})")
+_AUTH_SCHEME = re.compile(r"\b(?P<scheme>Bearer|Basic)[ \t]{1,8}(?P<value>[A-Za-z0-9._~+/=\-]{8,})")
 #: Variables whose names spell a secret word, and are not secrets: the shell's working directories ("pwd").
 NOT_SECRET_VARIABLES = frozenset({"PWD", "OLDPWD"})
 #: A secret's value shorter than this is not looked for in text ("1", "yes" would hide every occurrence).

@@ -14,7 +14,9 @@ __all__ = ["strip_url_credentials"]
 # quotes and brackets, so in rendered text such as "{'a': 'https://host', 'b': 'x@y'}" the match cannot run
 # from one value into the next. "@" is allowed inside and matching is greedy, so a raw "@" in a password
 # ("user:p@ss@host") is stripped up to the last "@". scp-like "git@host:repo" has no "://" and is left alone.
-_URL_USERINFO = re.compile(r"""([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#"'<>\[\]{}|\\^`]*@""")
+# A scheme has at most 32 characters: unbounded, each letter of a long word in a long text (a process's output)
+# would start a scan to its end (quadratic time).
+_URL_USERINFO = re.compile(r"""([A-Za-z][A-Za-z0-9+.\-]{0,31}://)[^\s/?#"'<>\[\]{}|\\^`]*@""")
 
 
 def strip_url_credentials(text: str) -> str:
