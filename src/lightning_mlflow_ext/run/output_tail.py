@@ -39,7 +39,7 @@ _STREAMS = ("stdout", "stderr")
 class _Ring:
     """The last `KEEP_WRITES` writes. No lock and no character count: a bounded deque's append is atomic, and
     this runs on every write of the process (a lock and a count made a ``print`` three times as slow; as it is,
-    a one-line ``print`` costs about 1 µs more, measured on a shared 2-core machine)."""
+    a one-line ``print`` to a file takes 1.0 µs instead of 0.66 µs, about 0.17 µs a write)."""
 
     def __init__(self) -> None:
         self.writes: deque[str] = deque(maxlen=KEEP_WRITES)
