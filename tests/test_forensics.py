@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fresh_sqlite_store
 from mlflow import MlflowClient
 from tiny import TinyData, TinyModel, make_trainer
 
@@ -37,10 +38,10 @@ from lightning_mlflow_ext.values.secret_text import TextRedactor, secret_values
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One embedded SQLite store for the module (creating one takes seconds; each test has its own experiment).
-    A server stores failure records as it stores any tag and artifact."""
-    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> str:
+    """One embedded SQLite store for the module (each test has its own experiment): a server stores failure
+    records as it stores any tag and artifact."""
+    return fresh_sqlite_store(tmp_path_factory.mktemp("store"), sqlite_template)
 
 
 @pytest.fixture(scope="module")
