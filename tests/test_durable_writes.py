@@ -142,7 +142,11 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     # pickle to 64 bytes, so paths of other lengths would make the two checkpoints' sizes differ now and then.
     normal, outage_dir = tmp_path / "normal", tmp_path / "outage"
     assert len(normal.name) == len(outage_dir.name)
-    reference = train(normal, server.uri, experiment_name, "--registered-model", experiment_name + "-r")
+    # The reference fit's every write must arrive without sync, even on a busy machine: the end of the fit waits
+    # for them (the outage fit's end waits 5 s: what the server did not take goes to the journal anyway).
+    reference = train(
+        normal, server.uri, experiment_name, "--registered-model", experiment_name + "-r", "--flush-timeout", "120"
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     outage = train(

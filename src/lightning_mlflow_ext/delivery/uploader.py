@@ -348,29 +348,33 @@ class ArtifactUploader:
         self._artifacts.abort()
 
     def _take_over(self) -> None:
-        """The worker did not stop in time. While it does local work (``_current`` empty: a change being prepared
-        or handed over), it is waited for: parked, it hands every change over itself, then ends. Once it is in a
-        store call that cannot be cut off (an upload, a wait before retrying one), hand over, from this thread
-        and in order, the rest of the change in progress and every queued one; the worker then drops what it
-        was doing. A change made twice is harmless (a file put again overwrites itself)."""
+        """The worker did not stop in time. This thread prepares every queued change (the worker, at a lower CPU
+        priority, would take longer on a busy machine) and hands them over after the one the worker is on.
+
+        That one is handed over by the worker once its local work is done (preparing the change, handing it
+        over), which is waited for: what it makes exists only then, and it must reach the writer first. If the
+        worker is in a store call meanwhile (an upload that cannot be cut off), the rest of its change is taken
+        from it and handed over from here, first; the worker then drops it. A change made twice is harmless (a
+        file put again overwrites itself)."""
         with self._cond:
-            while self._worker.running and not self._current:
-                self._cond.wait(TAKE_OVER_POLL_S)
-            if not self._worker.running:
-                return  # it handed everything over itself
-            self._abandoned = True
-            ops = list(self._current)
             jobs = list(self._jobs)
             self._jobs.clear()
             self._worker.count_done(len(jobs))
-        log.warning("MLflow run %s: an upload did not stop in time; it is handed to the journal", self._run_id)
+        queued: list[ArtifactOp] = []
         for description, job, _ in jobs:  # handed to the journal: never "stored" here
             try:
-                ops.extend(job())
+                queued.extend(job())
             except Exception as exc:
                 log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
-        if ops:
-            self._hand_off(ops)
+        with self._cond:
+            while self._worker.running and not self._current:
+                self._cond.wait(TAKE_OVER_POLL_S)
+            taken = list(self._current) if self._worker.running else []
+            self._abandoned = bool(taken)
+        if taken:
+            log.warning("MLflow run %s: an upload did not stop in time; it is handed to the journal", self._run_id)
+        if taken or queued:
+            self._hand_off(taken + queued)
 
     # ---- worker side --------------------------------------------------------------------------
 
