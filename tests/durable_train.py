@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--stop-server-at-step", type=int, default=None)
     parser.add_argument("--server-pid", type=int, default=None)
     parser.add_argument("--registered-model", default=None, help="register the best model under this name")
+    parser.add_argument("--flush-timeout", type=float, default=5, help="what the end of the fit waits for the store")
     parser.add_argument(
         "--stop-server-before-fit", action="store_true", help="stop it once the run exists, before any write"
     )
@@ -63,7 +64,7 @@ def main() -> None:
         experiment_name=args.experiment,
         tracking_uri=args.tracking_uri,
         log_model="all",
-        flush_timeout=5,
+        flush_timeout=args.flush_timeout,
         log_best_model=True,
         registered_model_name=args.registered_model,
     )

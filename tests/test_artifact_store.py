@@ -10,6 +10,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,34 @@ def test_uploads_run_at_a_lower_cpu_priority_than_training(tracking_uri, client,
     [(tid, nice)] = seen
     assert tid != threading.get_native_id()
     assert nice == max(UPLOAD_NICENESS, main_nice)  # lowered, never raised, and the training thread untouched
+
+
+def test_a_change_still_being_prepared_when_the_run_ends_is_handed_over_before_those_queued_after_it(
+    experiment_name, tmp_path
+):
+    """On a loaded machine the upload thread may still be writing a table when the run ends and the park's
+    wait is over: the park waits for it, so the journal gets it, and gets it before the newer table."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # no server needed: nothing is sent before the park
+    client = MlflowClient(uri)
+    run_id = _run(client, experiment_name)
+    artifacts = RunArtifacts(client, run_id, uri)
+    handed_off: list = []
+    uploader = ArtifactUploader(run_id, artifacts, tmp_path / "staging", hand_off=handed_off.extend)
+    writing = threading.Event()
+
+    def write_slowly(path: str) -> None:  # the first version of the table, still being written at the end
+        writing.set()
+        time.sleep(0.5)
+        Path(path).write_text('{"rows": 1}')
+
+    uploader.log_table(write_slowly, "tables/progress.json")
+    uploader.log_table(lambda path: Path(path).write_text('{"rows": 2}'), "tables/progress.json")
+    assert writing.wait(10)
+    uploader.park(0.05)
+
+    # Everything is handed over once park returns (the process may end right after), in the order logged.
+    assert [Path(op.path).read_text() for op in handed_off] == ['{"rows": 1}', '{"rows": 2}']
+    for op in handed_off:  # what the writer, or `lightning-mlflow sync`, does with them later
+        artifacts.apply(op)
+    table = Path(client.download_artifacts(run_id, "tables/progress.json", str(tmp_path / "back")))
+    assert table.read_text() == '{"rows": 2}', "the newest table is the run's"

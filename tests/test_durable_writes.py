@@ -20,7 +20,9 @@ from mlflow.entities import Run
 
 from lightning_mlflow_ext.delivery.journal import find_journals
 from lightning_mlflow_ext.delivery.logged_models import CHANGE_ID_TAG
+from lightning_mlflow_ext.run.channels import STAGING_DIR
 from lightning_mlflow_ext.run.tags import BEST_MODEL_ID_TAG, REGISTERED_MODEL_TAG
+from lightning_mlflow_ext.trainer.logger import DEFAULT_SAVE_DIR
 
 SCRIPT = Path(__file__).with_name("durable_train.py")
 
@@ -136,29 +138,39 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     server, experiment_name, tmp_path, outage_from
 ):
     client = MlflowClient(server.uri)
-    reference = train(tmp_path / "reference", server.uri, experiment_name, "--registered-model", experiment_name + "-r")
+    # Folder names of one length: a checkpoint holds its ModelCheckpoint's absolute paths, and torch pads the
+    # pickle to 64 bytes, so paths of other lengths would make the two checkpoints' sizes differ now and then.
+    normal, outage_dir = tmp_path / "normal", tmp_path / "outage"
+    assert len(normal.name) == len(outage_dir.name)
+    # The reference fit's every write must arrive without sync, even on a busy machine: the end of the fit waits
+    # for them (the outage fit's end waits 5 s: what the server did not take goes to the journal anyway).
+    reference = train(
+        normal, server.uri, experiment_name, "--registered-model", experiment_name + "-r", "--flush-timeout", "120"
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     outage = train(
-        tmp_path / "outage", server.uri, experiment_name, *outage_from, "--server-pid", str(server.pid),
+        outage_dir, server.uri, experiment_name, *outage_from, "--server-pid", str(server.pid),
         "--registered-model", experiment_name + "-o",
     )  # fmt: skip
     assert outage.returncode == 0, outage.stderr[-3000:]
     assert not server.running
-    journals = find_journals(tmp_path / "outage")
+    journals = find_journals(outage_dir)
     assert journals, "what the server did not take must be kept on disk"
     assert "lightning-mlflow sync" in outage.stderr
 
     server.start()
     for _ in range(2):  # the second sync finds nothing left and changes nothing
-        delivered = sync(tmp_path / "outage")
+        delivered = sync(outage_dir)
         assert delivered.returncode == 0, delivered.stdout + delivered.stderr
-    assert not find_journals(tmp_path / "outage")
-    assert not any((tmp_path / "outage" / ".mlflow-uploads").rglob("*.*")), "staged copies are removed once stored"
+    assert not find_journals(outage_dir)
+    staging = outage_dir / DEFAULT_SAVE_DIR / STAGING_DIR
+    assert staging.is_dir()
+    assert not [path for path in staging.rglob("*") if path.is_file()], "staged copies are removed once stored"
 
     reference_id = reference.stdout.strip().splitlines()[-1]
     outage_id = outage.stdout.strip().splitlines()[-1]
-    expected = record_of(client, reference_id, tmp_path / "dl-reference")
+    expected = record_of(client, reference_id, tmp_path / "dl-normal")
     got = record_of(client, outage_id, tmp_path / "dl-outage")
     assert {"images/sample+step+2.png", "images/sample+step+2+compressed.webp", "images/last-2.png",
             "reports/report-2.txt", "notes/epoch-2.txt", "state/epoch-2.json", "tables/progress.json"} <= set(

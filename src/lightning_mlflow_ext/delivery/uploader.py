@@ -84,6 +84,8 @@ def yield_to_training() -> None:
 Prepare = Callable[[], list[ArtifactOp]]
 #: Called on the worker once the store holds every change of a job (never for one handed to the journal).
 Stored = Callable[[], None]
+#: While a park waits for the worker's local work, how often it looks whether the worker is done or in a store call.
+TAKE_OVER_POLL_S = 0.05
 
 
 class ArtifactUploader:
@@ -330,8 +332,13 @@ class ArtifactUploader:
         return report
 
     def park(self, timeout: float) -> None:
-        """Stop uploading: every change still queued is handed to the writer (nothing is dropped), within
-        ``timeout`` seconds; an upload in flight is cut off and handed over too."""
+        """Stop uploading: every change still queued is handed to the writer (nothing is dropped), in order. An
+        upload in flight that does not stop within ``timeout`` seconds is cut off and handed over too.
+
+        Local work the worker is doing (rendering an image, writing a table, hashing a checkpoint, handing a
+        change over) is waited for, however long it takes: what it makes exists only once it is done, so a
+        park that returned before would leave it to a thread the process may end with (the change lost), and
+        let the changes queued after it reach the writer before it (an older table over a newer one)."""
         if not self._worker.stop(timeout, self._interrupt):
             self._take_over()
 
@@ -341,24 +348,33 @@ class ArtifactUploader:
         self._artifacts.abort()
 
     def _take_over(self) -> None:
-        """The worker is stuck (an upload that cannot be cut off, a large file being hashed): hand over, from this
-        thread and in order, the rest of the change in progress and every queued one. The worker then drops what
-        it was doing; a change made twice is harmless (a file put again overwrites itself). A change whose local
-        work is still running (a large checkpoint being hashed) is handed over by the worker once it is done."""
-        log.warning("MLflow run %s: an upload did not stop in time; it is handed to the journal", self._run_id)
+        """The worker did not stop in time. This thread prepares every queued change (the worker, at a lower CPU
+        priority, would take longer on a busy machine) and hands them over after the one the worker is on.
+
+        That one is handed over by the worker once its local work is done (preparing the change, handing it
+        over), which is waited for: what it makes exists only then, and it must reach the writer first. If the
+        worker is in a store call meanwhile (an upload that cannot be cut off), the rest of its change is taken
+        from it and handed over from here, first; the worker then drops it. A change made twice is harmless (a
+        file put again overwrites itself)."""
         with self._cond:
-            self._abandoned = bool(self._current)
-            ops = list(self._current)
             jobs = list(self._jobs)
             self._jobs.clear()
             self._worker.count_done(len(jobs))
+        queued: list[ArtifactOp] = []
         for description, job, _ in jobs:  # handed to the journal: never "stored" here
             try:
-                ops.extend(job())
+                queued.extend(job())
             except Exception as exc:
                 log.warning("MLflow run %s: could not %s: %s", self._run_id, description, exc)
-        if ops:
-            self._hand_off(ops)
+        with self._cond:
+            while self._worker.running and not self._current:
+                self._cond.wait(TAKE_OVER_POLL_S)
+            taken = list(self._current) if self._worker.running else []
+            self._abandoned = bool(taken)
+        if taken:
+            log.warning("MLflow run %s: an upload did not stop in time; it is handed to the journal", self._run_id)
+        if taken or queued:
+            self._hand_off(taken + queued)
 
     # ---- worker side --------------------------------------------------------------------------
 
