@@ -155,11 +155,7 @@ class ArtifactUploader:
         metadata = dict(metadata)
 
         def prepare() -> list[ArtifactOp]:
-            upload = local
-            if rewrite is not None:
-                upload = rewrite(local)
-                if upload != local:
-                    remove_staged(local)
+            upload = _rewritten(local, rewrite)
             metadata["size"] = upload.stat().st_size
             reason = skip(upload) if skip is not None else None
             if reason is not None:
@@ -282,11 +278,7 @@ class ArtifactUploader:
         details = dict(details)
 
         def prepare() -> list[ArtifactOp]:
-            upload = local
-            if rewrite is not None:
-                upload = rewrite(local)
-                if upload != local:
-                    remove_staged(local)
+            upload = _rewritten(local, rewrite)
             if skip is not None and skip(upload) is not None:
                 remove_staged(upload)
                 return []
@@ -442,3 +434,13 @@ class ArtifactUploader:
                 return "handed_off"
             if self._parked.is_set() or not backoff.wait(fault):
                 return "handed_off"
+
+
+def _rewritten(local: Path, rewrite: Callable[[Path], Path] | None) -> Path:
+    """The file to upload for the staged ``local``: ``rewrite(local)`` when given (``local`` is then removed)."""
+    if rewrite is None:
+        return local
+    upload = rewrite(local)
+    if upload != local:
+        remove_staged(local)
+    return upload
