@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from tiny import TinyData, TinyModel, make_trainer
 
 from lightning_mlflow_ext import CheckpointUploadPolicy, LightningMLflowError, MLflowLogger, load_checkpoint, load_model
@@ -30,6 +31,12 @@ def listing(client, run_id: str, path: str) -> list[str]:
 def read_json(client, run_id: str, artifact_path: str, tmp_path) -> dict:
     with open(client.download_artifacts(run_id, artifact_path, str(tmp_path / "meta"))) as handle:
         return json.load(handle)
+
+
+def models_of(client, run_id: str) -> list:
+    """The run's checkpoints as logged models (the module's runs share one experiment)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return [m for m in client.search_logged_models([experiment_id]) if m.source_run_id == run_id]
 
 
 def fit(tmp_path, tracking_uri, options, *, save_top_k=1, max_epochs=2):
@@ -61,6 +68,12 @@ def test_weights_only_uploads_a_loadable_copy_and_exclude_leaves_files_out(track
     assert meta["size"] == os.path.getsize(client.download_artifacts(run_id, f"checkpoints/val_loss/{best}"))
     assert meta["size"] < os.path.getsize(callback.best_model_path)
 
+    # The checkpoint's logged model holds the same weights-only copy, and none is made for the excluded file.
+    (checkpoint_model,) = models_of(client, run_id)
+    repository = get_artifact_repository(checkpoint_model.artifact_location, tracking_uri=tracking_uri)
+    in_model = torch.load(repository.download_artifacts(best, str(tmp_path)), weights_only=False)
+    assert "optimizer_states" not in in_model and in_model["global_step"] == uploaded["global_step"]
+
     model = load_model(TinyModel, run_id, tracking_uri=tracking_uri, dst_path=tmp_path / "dl2")
     assert model.hparams.hidden == 6
     for name, tensor in local["state_dict"].items():
@@ -83,6 +96,7 @@ def test_a_checkpoint_over_max_size_is_not_uploaded_and_the_run_says_why(trackin
     warnings = [r.getMessage() for r in caplog.records if "max_size" in r.getMessage()]
     assert len([w for w in warnings if callback.best_model_path in w]) == 1  # once per file
     assert any(str(size) in w for w in warnings)
+    assert models_of(client, run_id) == [], "a checkpoint the run does not get makes no logged model"
     with pytest.raises(LightningMLflowError, match=r"was not uploaded: .*max_size"):
         load_checkpoint(run_id, tracking_uri=tracking_uri, dst_path=tmp_path / "dl")
 
