@@ -184,9 +184,12 @@ def test_every_write_made_during_an_outage_that_outlasts_the_process_arrives_wit
     assert got["datasets"] == expected["datasets"] and got["datasets"], "the dataset input arrives once, as it was"
     assert got["tags"] == expected["tags"]
     assert expected["texts"]["tables/progress.json"]["data"] == [[0, 0.05], [1, 0.05], [2, 0.05]]
-    assert expected["models"] and expected["models"][0]["status"] == "READY", expected["models"]
-    assert expected["models"][0]["in the run's tag"] and expected["models"][0]["versions"] == [("1", ["best"])]
-    assert "val_loss" in dict(expected["models"][0]["metrics"]), "its scores are linked to it"
+    assert expected["models"] and all(m["status"] == "READY" for m in expected["models"]), expected["models"]
+    # The best checkpoint's own logged model is the best model: the run's tag names it, it alone is registered.
+    (best,) = [m for m in expected["models"] if m["in the run's tag"]]
+    assert best["versions"] == [("1", ["best"])] and "MLmodel" in best["files"]
+    assert not [m for m in expected["models"] if m["versions"] and m is not best]
+    assert "val_loss" in {key for key, *_ in best["metrics"]}, "its scores are linked to it"
     assert got["models"] == expected["models"], "the best model is logged and registered once, as it was"
     assert got["status"] == expected["status"] == "FINISHED"
 
