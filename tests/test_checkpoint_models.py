@@ -63,9 +63,10 @@ def test_each_checkpoint_is_a_ready_logged_model_with_its_metrics_ranked_by_val_
     version = client.get_model_version_by_alias(registered, "best")
     assert version.source == ranked[0].artifact_location
     assert run.data.tags["lightning_mlflow_ext.best_model_id"] == ranked[0].model_id
-    files = {a.path for a in client.list_logged_model_artifacts(ranked[0].model_id)}
-    assert {"MLmodel", "input_example.json", ranked[0].tags[MODEL_CHECKPOINT_TAG].rsplit("/", 1)[1]} <= files
+    # Read through the model's artifact repository: MLflow 3.2's list_logged_model_artifacts reads the global store.
     repository = get_artifact_repository(ranked[0].artifact_location, tracking_uri=tracking_uri)
+    files = {a.path for a in repository.list_artifacts()}
+    assert {"MLmodel", "input_example.json", ranked[0].tags[MODEL_CHECKPOINT_TAG].rsplit("/", 1)[1]} <= files
     mlmodel = Model.load(repository.download_artifacts("MLmodel", str(tmp_path)))
     assert mlmodel.signature is not None and mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 8)
 

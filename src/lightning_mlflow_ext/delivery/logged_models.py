@@ -41,6 +41,15 @@ NO_LOGGED_MODELS_WARNING = (
 )
 
 
+#: Stores that refused a point sent again to link it to a model (said once; the models are made without scores).
+_WITHOUT_METRIC_LINKS: set[str] = set()
+NO_METRIC_LINKS_WARNING = (
+    "The MLflow tracking store at %s refused metric points sent again to link them to a logged model (%s): "
+    "checkpoints' logged models are made without their scores. The run's metrics are not affected. MLflow 3.17 "
+    "links them; upgrade the tracking server/store to see each checkpoint's scores."
+)
+
+
 def model_details(
     *,
     change_id: str,
@@ -188,7 +197,17 @@ def _link_metrics(client: MlflowClient, run_id: str, model_id: str, points: list
             Metric(str(k), float(v), int(ts), int(step), model_id=model_id, dataset_name=name, dataset_digest=digest)
             for k, v, ts, step, name, digest in (_with_dataset(point) for point in points)
         ]
-        client.log_batch(run_id, metrics=metrics, synchronous=True)
+        try:
+            client.log_batch(run_id, metrics=metrics, synchronous=True)
+        except MlflowException as exc:
+            if "UNIQUE constraint" not in str(exc):
+                raise
+            # Older MLflow SQL stores (3.2 among them) fail on a point the run holds already in some batches,
+            # instead of keeping it once: the model is made without its scores, said once per store.
+            uri = str(client.tracking_uri)
+            if uri not in _WITHOUT_METRIC_LINKS:
+                _WITHOUT_METRIC_LINKS.add(uri)
+                log.warning(NO_METRIC_LINKS_WARNING, uri, exc)
 
 
 def _with_dataset(point: Sequence[Any]) -> Sequence[Any]:
