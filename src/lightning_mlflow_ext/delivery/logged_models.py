@@ -23,6 +23,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from lightning_mlflow_ext.delivery.faults import DeliveryError, Fault
+from lightning_mlflow_ext.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,16 @@ CHANGE_ID_TAG = "lightning_mlflow_ext.change_id"
 LinkedPoint = tuple[str, float, int, int, "str | None", "str | None"]
 
 #: Stores (by tracking URI) that answered that they have no logged-model API: said once, then skipped.
-_WITHOUT_LOGGED_MODELS: set[str] = set()
 NO_LOGGED_MODELS_WARNING = (
-    "The MLflow tracking store at %s has no logged-model API (an MLflow 2.x server?): checkpoints stay plain "
+    "The MLflow tracking store at {} has no logged-model API (an MLflow 2.x server?): checkpoints stay plain "
     "artifacts of the run (checkpoints/<callback>/), and no logged models are made. Upgrade the server to "
     "MLflow 3 to see checkpoints with their scores as the run's logged models."
 )
 
 
 #: Stores that refused a point sent again to link it to a model (said once; the models are made without scores).
-_WITHOUT_METRIC_LINKS: set[str] = set()
 NO_METRIC_LINKS_WARNING = (
-    "The MLflow tracking store at %s refused metric points sent again to link them to a logged model (%s): "
+    "The MLflow tracking store at {} refused metric points sent again to link them to a logged model ({}): "
     "checkpoints' logged models are made without their scores. The run's metrics are not affected. MLflow 3.17 "
     "links them; upgrade the tracking server/store to see each checkpoint's scores."
 )
@@ -93,9 +92,13 @@ def as_checkpoint_model(details: Mapping[str, Any], checkpoint_change_id: str) -
     return {**details, "change_id": checkpoint_change_id, "extends_checkpoint": True, "metrics": []}
 
 
+#: Per process, what each store said it cannot do (``"models <uri>"``, ``"links <uri>"``): said once, then skipped.
+_STORE_LIMITS = WarnOnce(log)
+
+
 def without_logged_models(tracking_uri: str) -> bool:
     """Whether ``tracking_uri``'s store already said it has no logged-model API (this process skips them)."""
-    return tracking_uri in _WITHOUT_LOGGED_MODELS
+    return _STORE_LIMITS.seen(f"models {tracking_uri}")
 
 
 def lacks_logged_models(client: MlflowClient, exc: BaseException) -> bool:
@@ -104,9 +107,8 @@ def lacks_logged_models(client: MlflowClient, exc: BaseException) -> bool:
         isinstance(exc, MlflowException) and exc.error_code == "ENDPOINT_NOT_FOUND"
     )
     uri = str(client.tracking_uri)
-    if missing and uri not in _WITHOUT_LOGGED_MODELS:
-        _WITHOUT_LOGGED_MODELS.add(uri)
-        log.warning(NO_LOGGED_MODELS_WARNING, uri)
+    if missing:
+        _STORE_LIMITS(f"models {uri}", NO_LOGGED_MODELS_WARNING.format(uri))
     return missing
 
 
@@ -205,9 +207,7 @@ def _link_metrics(client: MlflowClient, run_id: str, model_id: str, points: list
             # Older MLflow SQL stores (3.2 among them) fail on a point the run holds already in some batches,
             # instead of keeping it once: the model is made without its scores, said once per store.
             uri = str(client.tracking_uri)
-            if uri not in _WITHOUT_METRIC_LINKS:
-                _WITHOUT_METRIC_LINKS.add(uri)
-                log.warning(NO_METRIC_LINKS_WARNING, uri, exc)
+            _STORE_LIMITS(f"links {uri}", NO_METRIC_LINKS_WARNING.format(uri, exc))
 
 
 def _with_dataset(point: Sequence[Any]) -> Sequence[Any]:

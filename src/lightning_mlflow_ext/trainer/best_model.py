@@ -62,7 +62,7 @@ class BestModelExport:
         self._warn_once = warn_once
         self._registered_model_name = registered_model_name
         self._scores = CheckpointScores(metrics.recorded_name)
-        metrics.observer = self._scores.points_sent
+        metrics.listeners.append(self._scores.points_sent)
         self._example = InputExample() if signature or input_example else None
         self._signature = signature
         self._input_example = input_example

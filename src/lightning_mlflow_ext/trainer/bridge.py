@@ -131,8 +131,6 @@ class MLflowTrainerBridge(FollowsNamespace, Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._mark(trainer, False)
-        for logger in _mlflow_loggers(trainer):
-            logger.note_train_batch(batch)
 
     @override
     def on_train_batch_end(

@@ -13,7 +13,14 @@ import pickle
 import zipfile
 from typing import Any
 
-__all__ = ["epoch_and_step"]
+__all__ = ["epoch_and_step", "last_saved_file"]
+
+
+def last_saved_file(callback: Any) -> str | None:
+    """The file a ``ModelCheckpoint`` has just written. Lightning sets it right before it notifies the loggers
+    (``after_save_checkpoint``); it has no public accessor, so it is read here, in one place."""
+    path = getattr(callback, "_last_checkpoint_saved", None)
+    return path if isinstance(path, str) and path else None
 
 
 class _Opaque:

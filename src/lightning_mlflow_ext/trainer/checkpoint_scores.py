@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lightning_mlflow_ext.delivery.records import MetricPoint
+from lightning_mlflow_ext.trainer.checkpoint_files import last_saved_file
 from lightning_mlflow_ext.trainer.metrics import FLOAT_MAX
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
 
@@ -54,7 +56,7 @@ class CheckpointScores:
         self._best.clear()
         self._waiting = False
 
-    def points_sent(self, points: list[MetricPoint]) -> None:
+    def points_sent(self, points: list[MetricPoint], trainer: pl.Trainer | None = None) -> None:
         """The metric pipeline queued ``points`` for the run (called on the training thread, every time)."""
         latest = self._latest
         for point in points:
@@ -64,9 +66,8 @@ class CheckpointScores:
 
     def checkpoint_saved(self, callback: ModelCheckpoint, metrics: Mapping[str, Any]) -> None:
         """``callback`` saved a file, judged by ``metrics`` (the trainer's ``callback_metrics``)."""
-        # Lightning sets this just before notifying the loggers; there is no public accessor.
-        path = getattr(callback, "_last_checkpoint_saved", None)
-        if not path or path != callback.best_model_path:
+        path = last_saved_file(callback)
+        if path is None or path != callback.best_model_path:
             return  # not its best (a top-k file, last.ckpt): its scores are not wanted
         best = _BestFile(path)
         for key, raw in metrics.items():

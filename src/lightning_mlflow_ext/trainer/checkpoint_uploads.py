@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_mlflow_ext.run.tags import PARTIAL_TAG
 from lightning_mlflow_ext.trainer.checkpoint_budget import CheckpointBudget
+from lightning_mlflow_ext.trainer.checkpoint_files import last_saved_file
 from lightning_mlflow_ext.trainer.checkpoint_models import CheckpointModels
 from lightning_mlflow_ext.trainer.checkpoint_policy import CheckpointUploadPolicy
 from lightning_mlflow_ext.trainer.checkpoints import CheckpointMirror, SaveLog
@@ -61,8 +62,8 @@ class CheckpointUploads:
     def after_save(self, callback: ModelCheckpoint, trainer: pl.Trainer | None) -> None:
         if trainer is not None:
             self._saves.note(callback, trainer.current_epoch, trainer.global_step)
-        saved = getattr(callback, "_last_checkpoint_saved", None)  # as SaveLog reads it: no public accessor
-        if self.models is not None and isinstance(saved, str) and saved:
+        saved = last_saved_file(callback)
+        if self.models is not None and saved is not None:
             self.models.note_save(saved)
         if self._log_model == "all" or (self._log_model is True and callback.save_top_k == -1):
             self._mirror_checkpoints([callback], trainer)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_mlflow_ext.delivery.uploader import ArtifactUploader, snapshot
 from lightning_mlflow_ext.run.tags import CHECKPOINTS_ROOT, checkpoint_tag
 from lightning_mlflow_ext.trainer.checkpoint_budget import CheckpointBudget, file_identity
-from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step
+from lightning_mlflow_ext.trainer.checkpoint_files import epoch_and_step, last_saved_file
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -59,9 +59,8 @@ class SaveLog:
 
     def note(self, callback: ModelCheckpoint, epoch: int, global_step: int) -> None:
         """After ``callback`` saved a file: remember the trainer's epoch and step for it."""
-        # Lightning sets this just before notifying the loggers; there is no public accessor.
-        path = getattr(callback, "_last_checkpoint_saved", None)
-        stat = _stat(path) if isinstance(path, str) and path else None
+        path = last_saved_file(callback)
+        stat = _stat(path) if path is not None else None
         if path and stat is not None:
             self._saved[os.path.realpath(path)] = (stat, epoch, global_step)
 

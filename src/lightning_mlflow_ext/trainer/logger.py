@@ -246,7 +246,7 @@ class MLflowLogger(FollowsNamespace, Logger):
             self._session, log_model, upload_policy, self._warn_once, as_models=log_checkpoint_models
         )
         if self._checkpoints.models is not None:
-            self._metrics.on_points = self._checkpoints.models.note_points
+            self._metrics.listeners.append(self._checkpoints.models.note_points)
         self._compat = CompatWrites(self._session, self._hparams, self._metrics)
         self._run = RunContinuity(
             self._session, self._metrics, self._hparams, self._media, self._warn_once, self._save_dir
@@ -500,14 +500,11 @@ class MLflowLogger(FollowsNamespace, Logger):
 
     def train_batch_ended(self, trainer: pl.Trainer, batch: Any) -> None:
         self._summary.batch_ended(trainer, batch)
+        if self._best_model is not None and trainer.global_rank == 0:
+            self._best_model.note_train_batch(batch)  # the first of a fit gives the model's input example
 
     def fit_progressed(self, trainer: pl.Trainer, moment: FitMoment) -> None:
         self._summary.progressed(trainer, moment)
-
-    @rank_zero_only
-    def note_train_batch(self, batch: Any) -> None:
-        if self._best_model is not None:
-            self._best_model.note_train_batch(batch)
 
     def checkpoint_info(self) -> dict[str, Any] | None:
         if not self._session.resolved:

@@ -51,10 +51,9 @@ class MetricPipeline:
         self._epoch_name: str | None = None  # the name Lightning's `epoch` key is recorded under, once seen
         #: key -> last step the run held when this fit resumed: points at or below it are not sent again.
         self.resume_floor: dict[str, int] = {}
-        #: Told of every batch of points queued (the checkpoints' logged models link them), when set.
-        self.on_points: Callable[[list[MetricPoint], pl.Trainer | None], None] | None = None
-        #: Told of every point sent (``checkpoint_scores``: a checkpoint's scores are points of the run).
-        self.observer: Callable[[list[MetricPoint]], None] | None = None
+        #: Told of every batch of points queued, on the training thread (a checkpoint's logged model and the best
+        #: model's scores are points of the run: ``checkpoint_models``, ``checkpoint_scores``).
+        self.listeners: list[Callable[[list[MetricPoint], pl.Trainer | None], None]] = []
 
     @property
     def step_axis(self) -> StepAxis:
@@ -107,10 +106,8 @@ class MetricPipeline:
             if last is not None and at_step is not None and (left := (last - at_step) * len(points)) <= TAIL_POINTS:
                 self._session.stage_ends_soon(left)
             self._session.log_metrics(points)
-            if self.on_points is not None:
-                self.on_points(points, trainer)
-            if self.observer is not None:
-                self.observer(points)
+            for listener in self.listeners:
+                listener(points, trainer)
 
     def log_summary(self, metrics: Mapping[str, float], step: int) -> None:
         """Values this package derives (the fit summary: ``trainer/fit_summary.py``), at exactly ``step``: named

@@ -46,7 +46,7 @@ class InputExample:
         self._first, self._why_none, self._seen = None, "the fit ran no training batch", False
 
     def note_batch(self, batch: Any) -> None:
-        """A training batch is about to be used; the first one of the fit is kept (``EXAMPLE_ROWS`` rows)."""
+        """A training batch was used; the first one of the fit is kept (``EXAMPLE_ROWS`` rows)."""
         if self._seen:
             return
         self._seen = True

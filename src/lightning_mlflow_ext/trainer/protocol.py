@@ -37,9 +37,6 @@ class TrainerHooks(Protocol):
     def fit_progressed(self, trainer: pl.Trainer, moment: FitMoment) -> None:
         """A validation ended, an epoch ended or started, training ended, or a checkpoint is being saved."""
 
-    def note_train_batch(self, batch: Any) -> None:
-        """A training batch is about to be used (the first of a fit gives the model's input example)."""
-
     def checkpoint_info(self) -> dict[str, Any] | None:
         """What a Lightning checkpoint records about the run (None: no run yet)."""
 
