@@ -10,7 +10,7 @@ A store without the logged-model API (an MLflow 2.x server) is said once; its mo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,12 @@ def model_details(
     registered_model_name: str | None = None,
     alias: str | None = None,
     step: int = 0,
-    metrics: Iterable[Sequence[Any]] | None = None,
+    metrics: list[LinkedPoint] | None = None,
     checkpoint: bool = False,
 ) -> dict[str, Any]:
     """What a ``model`` change carries. ``run_tag``: a run tag to set to the new model's id. ``step``: the step
-    the run's output link names. ``metrics``: points of the run linked to the model (``LinkedPoint``s, or
-    ``(key, value, timestamp, step)`` without a dataset; with their own timestamps, so that the run keeps one
-    point each). ``checkpoint``: the folder holds a checkpoint, not an MLflow Model."""
+    the run's output link names. ``metrics``: points of the run linked to the model (with their own timestamps,
+    so that the run keeps one point each). ``checkpoint``: the folder holds a checkpoint, not an MLflow Model."""
     return {
         "change_id": change_id,
         "experiment_id": experiment_id,
@@ -197,7 +196,7 @@ def _link_metrics(client: MlflowClient, run_id: str, model_id: str, points: list
     if points:
         metrics = [
             Metric(str(k), float(v), int(ts), int(step), model_id=model_id, dataset_name=name, dataset_digest=digest)
-            for k, v, ts, step, name, digest in (_with_dataset(point) for point in points)
+            for k, v, ts, step, name, digest in points
         ]
         try:
             client.log_batch(run_id, metrics=metrics, synchronous=True)
@@ -208,11 +207,6 @@ def _link_metrics(client: MlflowClient, run_id: str, model_id: str, points: list
             # instead of keeping it once: the model is made without its scores, said once per store.
             uri = str(client.tracking_uri)
             _STORE_LIMITS(f"links {uri}", NO_METRIC_LINKS_WARNING.format(uri, exc))
-
-
-def _with_dataset(point: Sequence[Any]) -> Sequence[Any]:
-    """A linked point with its dataset fields (the best model's scores are ``(key, value, timestamp, step)``)."""
-    return (*point, None, None) if len(point) == 4 else point
 
 
 def _link_to_run(client: MlflowClient, run_id: str, model_id: str, step: int) -> None:

@@ -138,7 +138,7 @@ def save_trained_model(
         run_tag=run_tag,
         registered_model_name=registered_model_name,
         alias=alias,
-        metrics=metrics,
+        metrics=[(*point, None, None) for point in metrics],  # the model's scores: linked without a dataset
     )
 
 
