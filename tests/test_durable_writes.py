@@ -218,7 +218,7 @@ def test_a_model_change_replayed_after_a_partial_success_is_made_once(tracking_u
     details = model_details(
         change_id="replayed-change", experiment_id=experiment_id, name="best", tags={"k": "v"},
         params={"lr": "0.5"}, model_type="pytorch", run_tag=BEST_MODEL_ID_TAG,
-        registered_model_name=name, alias="best", metrics=[best],
+        registered_model_name=name, alias="best", metrics=[(*best, None, None)],  # linked without a dataset
     )  # fmt: skip
     # What the dead process got done: the model exists (PENDING, no files), nothing else.
     client.create_logged_model(
